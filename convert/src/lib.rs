@@ -1,0 +1,1 @@
+//! qwen-convert: Hugging Face Qwen checkpoints to one GGUF v3 file.

@@ -1,0 +1,1 @@
+//! qwen-rs: a CPU-first runtime for Qwen models stored as GGUF v3 (`.qbin`) files.
