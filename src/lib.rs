@@ -1,1 +1,2 @@
 //! qwen-rs: a CPU-first runtime for Qwen models stored as GGUF v3 (`.qbin`) files.
+pub mod sampler;
