@@ -3,5 +3,7 @@
 
 pub mod block;
 pub mod dtype;
+pub mod reference;
 
 pub use dtype::GgmlType;
+pub use reference::QuantError;
