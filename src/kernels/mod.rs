@@ -1,0 +1,161 @@
+//! Compute kernels: one dispatch table of function pointers per instruction-set
+//! level, chosen once at start-up (or forced by [`select`] / `QWEN_KERNELS`).
+//!
+//! - `generic.rs`: the scalar twin of every kernel, always compiled; the spec.
+//! - `x86.rs`: AVX2 (+FMA, F16C) and AVX-512 (F, BW, VL, VNNI) kernels.
+//! - `aarch64.rs`: NEON (+dotprod) kernels.
+//! - `par.rs`: the row-parallel driver (disjoint writes into a `[n_tok, rows]` output).
+//!
+//! All `unsafe` of the runtime lives under this directory. Every SIMD kernel has
+//! a safe signature over typed block slices; its table is only handed out after
+//! the CPU features it needs were detected at run time.
+
+pub mod generic;
+mod par;
+
+pub use par::{for_each_row_chunk, RowChunkOut};
+
+use half::{bf16, f16};
+use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Most tokens any table's tile kernel takes in one call.
+pub const MAX_TILE_TOKENS: usize = 8;
+
+/// A tile kernel: one weight row against `out.len()` activation rows.
+///
+/// `w`: [nb] blocks of one weight row; `x`: [out.len(), nb] activation blocks (token-major);
+/// `out[t] = dot(w, x[t])`. Requires `1 <= out.len() <= Kernels::tile_tokens` and
+/// `x.len() == out.len() * w.len()` (checked; a violation panics, it is a bug).
+pub type TileFn<W, A> = fn(w: &[W], x: &[A], out: &mut [f32]);
+
+/// One instruction-set level: every kernel the matmul needs.
+#[derive(Debug)]
+pub struct Kernels {
+    /// "scalar" | "avx2" | "avx512" | "neon".
+    pub name: &'static str,
+    /// Most tokens one tile call handles (<= [`MAX_TILE_TOKENS`]).
+    pub tile_tokens: usize,
+    /// f32 -> q8_0 (ggml's `quantize_row_q8_0_ref` rounding); `x`: [32 * y.len()].
+    pub quantize_q8_0: fn(x: &[f32], y: &mut [BlockQ8_0]),
+    /// f32 -> q8_1 (ggml's `quantize_row_q8_1_ref` rounding); `x`: [32 * y.len()].
+    pub quantize_q8_1: fn(x: &[f32], y: &mut [BlockQ8_1]),
+    pub q4_0: TileFn<BlockQ4_0, BlockQ8_0>,
+    pub q4_1: TileFn<BlockQ4_1, BlockQ8_1>,
+    pub q5_0: TileFn<BlockQ5_0, BlockQ8_0>,
+    pub q5_1: TileFn<BlockQ5_1, BlockQ8_1>,
+    pub q8_0: TileFn<BlockQ8_0, BlockQ8_0>,
+    pub f32: TileFn<f32, f32>,
+    pub f16: TileFn<f16, f32>,
+    pub bf16: TileFn<bf16, f32>,
+}
+
+/// Every level this build knows, best last. Whether the CPU has it is asked by [`table`].
+pub const LEVELS: &[&str] = &["scalar", "avx2", "avx512", "neon"];
+
+/// The table of `level` if this build has it and this CPU supports it.
+pub fn table(level: &str) -> Option<&'static Kernels> {
+    match level {
+        "scalar" => Some(&generic::SCALAR),
+        _ => None,
+    }
+}
+
+/// The levels this CPU supports, worst first ("scalar" always).
+pub fn available() -> Vec<&'static str> {
+    LEVELS
+        .iter()
+        .copied()
+        .filter(|l| table(l).is_some())
+        .collect()
+}
+
+fn best() -> &'static str {
+    available().last().copied().unwrap_or("scalar")
+}
+
+/// Index + 1 into [`LEVELS`] of the level in use; 0 = not chosen yet.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Chooses the kernel level: `Some(name)` forces one ("scalar" | "avx2" | "avx512" |
+/// "neon"); `None` takes `QWEN_KERNELS` if set, else the best this CPU has. Returns
+/// the level now in use, or an error naming the level and what is available.
+pub fn select(level: Option<&str>) -> Result<&'static str, String> {
+    let env = std::env::var("QWEN_KERNELS").ok().filter(|s| !s.is_empty());
+    let want = match (level, env.as_deref()) {
+        (Some(l), _) => l.to_string(),
+        (None, Some(e)) => e.to_string(),
+        (None, None) => best().to_string(),
+    };
+    let want = want.trim().to_ascii_lowercase();
+    let Some(idx) = LEVELS.iter().position(|l| *l == want) else {
+        return Err(format!(
+            "unknown kernel level '{want}' (known: {})",
+            LEVELS.join(", ")
+        ));
+    };
+    if table(LEVELS[idx]).is_none() {
+        return Err(format!(
+            "kernel level '{want}' is not supported by this CPU/build (available: {})",
+            available().join(", ")
+        ));
+    }
+    ACTIVE.store(idx + 1, Ordering::Relaxed);
+    Ok(LEVELS[idx])
+}
+
+/// The table in use; chosen by `select(None)` on first use (falling back to the
+/// best level if `QWEN_KERNELS` names one this CPU lacks).
+pub fn active() -> &'static Kernels {
+    let mut i = ACTIVE.load(Ordering::Relaxed);
+    if i == 0 {
+        if select(None).is_err() {
+            let b = best();
+            ACTIVE.store(
+                LEVELS.iter().position(|l| *l == b).unwrap_or(0) + 1,
+                Ordering::Relaxed,
+            );
+        }
+        i = ACTIVE.load(Ordering::Relaxed);
+    }
+    table(LEVELS[i - 1]).unwrap_or(&generic::SCALAR)
+}
+
+/// Name of the level in use.
+pub fn level() -> &'static str {
+    active().name
+}
+
+impl Kernels {
+    /// Single dot products through the tile kernels (for tests and callers with one token).
+    pub fn dot_q4_0(&self, w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+        dot1(self.q4_0, w, x)
+    }
+    pub fn dot_q4_1(&self, w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+        dot1(self.q4_1, w, x)
+    }
+    pub fn dot_q5_0(&self, w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
+        dot1(self.q5_0, w, x)
+    }
+    pub fn dot_q5_1(&self, w: &[BlockQ5_1], x: &[BlockQ8_1]) -> f32 {
+        dot1(self.q5_1, w, x)
+    }
+    pub fn dot_q8_0(&self, w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+        dot1(self.q8_0, w, x)
+    }
+    pub fn dot_f32(&self, w: &[f32], x: &[f32]) -> f32 {
+        dot1(self.f32, w, x)
+    }
+    pub fn dot_f16(&self, w: &[f16], x: &[f32]) -> f32 {
+        dot1(self.f16, w, x)
+    }
+    pub fn dot_bf16(&self, w: &[bf16], x: &[f32]) -> f32 {
+        dot1(self.bf16, w, x)
+    }
+}
+
+fn dot1<W, A>(f: TileFn<W, A>, w: &[W], x: &[A]) -> f32 {
+    let mut out = [0.0f32];
+    f(w, x, &mut out);
+    out[0]
+}
