@@ -1,1 +1,16 @@
-//! qwen-convert: Hugging Face Qwen checkpoints to one GGUF v3 file.
+//! qwen-convert: Hugging Face Qwen-1 / Qwen2 / Qwen3 checkpoints to one GGUF v3
+//! file (llama.cpp conventions, see quant-formats/FORMAT.md).
+//!
+//! - [`hf`]: config.json and safetensors (single or sharded), memory-mapped
+//! - [`arch`]: per-architecture hyperparameters and HF -> GGUF tensor tables
+//! - [`tokenizer`]: tokenizer.json / qwen.tiktoken, chat template, generation defaults
+//! - [`plan`]: the type policy and the per-tensor error report
+
+pub mod arch;
+pub mod error;
+pub mod hf;
+pub mod meta;
+pub mod plan;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
