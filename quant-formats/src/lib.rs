@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod dtype;
+pub mod gguf;
 pub mod reference;
 
 pub use dtype::GgmlType;
