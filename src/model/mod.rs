@@ -1,0 +1,465 @@
+//! One decoder for every architecture. What differs between architectures is
+//! data (`ArchSpec`, one small file per arch) and the optional tensors in
+//! `Weights`; the forward pass below reads top to bottom like the paper:
+//! embed -> n_layer x [RMSNorm, q/k/v, (q/k norm), RoPE, causal GQA over the
+//! KV cache, o-proj, residual, RMSNorm, SwiGLU FFN, residual] -> RMSNorm -> logits.
+
+pub mod llama;
+pub mod qwen;
+pub mod qwen2;
+pub mod qwen3;
+
+use quant_formats::gguf::Gguf;
+use rayon::prelude::*;
+
+pub use crate::config::{Arch, Config};
+pub use crate::error::ModelError;
+use crate::matmul::{matmul, MatmulScratch, QMatrix};
+use crate::ops;
+pub use crate::ops::RopeStyle;
+pub use crate::state::State;
+use crate::weights::QkvWeights;
+pub use crate::weights::Weights;
+
+/// Layout of the attention input projections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// One attn_qkv matrix whose output rows are q | k | v (Qwen-1's c_attn).
+    Fused,
+    /// attn_q, attn_k, attn_v.
+    Split,
+}
+
+/// Everything that distinguishes one architecture from another.
+#[derive(Clone, Copy, Debug)]
+pub struct ArchSpec {
+    pub name: &'static str,
+    pub qkv: QkvLayout,
+    /// RMSNorm over each q and k head before RoPE (Qwen3).
+    pub qk_norm: bool,
+    pub rope: RopeStyle,
+    /// Reads Qwen-1's dynamic-NTK / logn-attention settings (qwen_rs.qwen.*).
+    pub qwen1_long_context: bool,
+    /// feed_forward_length may hold twice the FFN width (llama.cpp's Qwen-1 files).
+    pub ffn_len_may_be_doubled: bool,
+}
+
+pub struct Model<'a> {
+    pub config: Config,
+    pub weights: Weights<'a>,
+}
+
+/// Qwen-1's `get_ntk_alpha`: 2^ceil(log2(len / seq_length) + 1) - 1, at least 1.
+pub fn qwen_ntk_alpha(true_seq_len: usize, seq_length: usize) -> f64 {
+    let context_value = (true_seq_len as f64 / seq_length as f64).log2() + 1.0;
+    let alpha = 2f64.powf(context_value.ceil()) - 1.0;
+    alpha.max(1.0)
+}
+
+/// Qwen-1's logn attention factor for the query at 0-based position `pos`:
+/// log(pos + 1) / log(seq_length) past the training length, else 1.
+pub fn qwen_logn(pos: usize, seq_length: usize) -> f32 {
+    let i = pos + 1;
+    if i > seq_length {
+        ((i as f64).ln() / (seq_length as f64).ln()) as f32
+    } else {
+        1.0
+    }
+}
+
+impl<'a> Model<'a> {
+    /// Reads the config and borrows the weights from `g` (shapes all checked).
+    pub fn load(g: &Gguf<'a>) -> Result<Self, ModelError> {
+        let config = Config::from_gguf(g)?;
+        let weights = Weights::load(g, &config)?;
+        Ok(Model { config, weights })
+    }
+
+    /// A State for this model: KV cache of `n_ctx` positions, prefill chunks
+    /// of up to `max_batch` tokens.
+    pub fn new_state(&self, n_ctx: usize, max_batch: usize) -> State {
+        State::new(&self.config, n_ctx, max_batch)
+    }
+
+    /// Evaluates tokens at positions start_pos.. (KV cache filled for them). Returns logits of the LAST token
+    /// ([n_vocab]) or, if all_logits, of every token ([n_tokens * n_vocab]). Err if logits turn non-finite or ctx overflows.
+    pub fn forward<'s>(
+        &self,
+        st: &'s mut State,
+        tokens: &[u32],
+        start_pos: usize,
+        all_logits: bool,
+    ) -> Result<&'s [f32], ModelError> {
+        let cfg = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::Other("forward: no tokens to evaluate".into()));
+        }
+        let end = start_pos.saturating_add(n);
+        if end > st.n_ctx {
+            return Err(ModelError::ContextOverflow {
+                needed: end,
+                n_ctx: st.n_ctx,
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.n_vocab_embd) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                n_vocab: cfg.n_vocab_embd,
+            });
+        }
+
+        // Qwen-1 dynamic NTK: like modeling_qwen.py, alpha is chosen from the
+        // length of a sequence evaluated from position 0 and kept for the
+        // tokens that extend it (HF caches `_ntk_alpha_cached_list`).
+        if cfg.use_dynamic_ntk && start_pos == 0 {
+            let alpha = qwen_ntk_alpha(n, cfg.qwen_seq_length);
+            if alpha != st.ntk_alpha {
+                let d = cfg.rope_dim as f64;
+                let base = cfg.rope_base as f64 * alpha.powf(d / (d - 2.0));
+                ops::rope_inv_freq(&mut st.inv_freq, base, cfg.rope_dim);
+                st.ntk_alpha = alpha;
+            }
+        }
+
+        let v = cfg.n_vocab;
+        let out_len = if all_logits { n * v } else { v };
+        if st.logits.len() < out_len {
+            // Only all_logits over a longer input than before gets here.
+            st.logits.resize(out_len, 0.0);
+        }
+
+        let mut done = 0;
+        while done < n {
+            let t = st.max_batch.min(n - done);
+            self.forward_chunk(st, &tokens[done..done + t], start_pos + done)?;
+            let e = cfg.n_embd;
+            if all_logits {
+                for i in 0..t {
+                    ops::rmsnorm(
+                        &mut st.xb[i * e..(i + 1) * e],
+                        &st.x[i * e..(i + 1) * e],
+                        &self.weights.output_norm,
+                        cfg.norm_eps,
+                    );
+                }
+                matmul(
+                    &self.weights.output,
+                    &st.xb[..t * e],
+                    &mut st.logits[done * v..(done + t) * v],
+                    t,
+                    &mut st.scratch,
+                );
+            } else if done + t == n {
+                ops::rmsnorm(
+                    &mut st.xb[..e],
+                    &st.x[(t - 1) * e..t * e],
+                    &self.weights.output_norm,
+                    cfg.norm_eps,
+                );
+                matmul(
+                    &self.weights.output,
+                    &st.xb[..e],
+                    &mut st.logits[..v],
+                    1,
+                    &mut st.scratch,
+                );
+            }
+            done += t;
+        }
+
+        let logits = &st.logits[..out_len];
+        if let Some(bad) = logits.iter().position(|x| !x.is_finite()) {
+            let row = bad / v;
+            let pos = if all_logits { start_pos + row } else { end - 1 };
+            return Err(ModelError::NonFinite { pos });
+        }
+        Ok(logits)
+    }
+
+    /// Runs `tokens` (at most st.max_batch) through every layer; leaves the
+    /// final residual stream in st.x ([t, n_embd]) and their k/v in the cache.
+    fn forward_chunk(&self, st: &mut State, tokens: &[u32], pos0: usize) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let w = &self.weights;
+        let t = tokens.len();
+        let (e, qd, kvd, hd, ff) = (
+            cfg.n_embd,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.head_dim,
+            cfg.n_ff,
+        );
+        let half = cfg.rope_dim / 2;
+        let eps = cfg.norm_eps;
+
+        // Embeddings: x[i] = token_embd[id], dequantized row by row.
+        let emb = &w.token_embd;
+        let row_bytes = emb.data.len() / emb.rows;
+        for (i, &id) in tokens.iter().enumerate() {
+            let src = &emb.data[id as usize * row_bytes..(id as usize + 1) * row_bytes];
+            quant_formats::reference::dequantize(emb.dtype, src, &mut st.x[i * e..(i + 1) * e])
+                .map_err(|err| ModelError::Tensor {
+                    name: "token_embd.weight".into(),
+                    msg: format!("cannot dequantize row {id}: {err}"),
+                })?;
+        }
+
+        // RoPE angles of the chunk's positions, shared by all layers.
+        for i in 0..t {
+            let pos = (pos0 + i) as f32 * cfg.rope_freq_scale;
+            ops::rope_cos_sin(
+                &mut st.rope_cos[i * half..(i + 1) * half],
+                &mut st.rope_sin[i * half..(i + 1) * half],
+                &st.inv_freq,
+                pos,
+            );
+        }
+
+        let layer_stride = st.n_ctx * kvd;
+        for (il, lw) in w.layers.iter().enumerate() {
+            // attn_norm
+            for i in 0..t {
+                ops::rmsnorm(
+                    &mut st.xb[i * e..(i + 1) * e],
+                    &st.x[i * e..(i + 1) * e],
+                    &lw.attn_norm,
+                    eps,
+                );
+            }
+            let xb = &st.xb[..t * e];
+
+            // q [t, qd], k [t, kvd], v [t, kvd]
+            match &lw.qkv {
+                QkvWeights::Fused { w: wqkv, b } => {
+                    let width = qd + 2 * kvd;
+                    let qkv = &mut st.qkv[..t * width];
+                    matmul(wqkv, xb, qkv, t, &mut st.scratch);
+                    if let Some(b) = b {
+                        ops::add_bias_rows(qkv, b);
+                    }
+                    for i in 0..t {
+                        let row = &qkv[i * width..(i + 1) * width];
+                        st.q[i * qd..(i + 1) * qd].copy_from_slice(&row[..qd]);
+                        st.k[i * kvd..(i + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
+                        st.v[i * kvd..(i + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+                    }
+                }
+                QkvWeights::Split {
+                    q,
+                    k,
+                    v,
+                    bq,
+                    bk,
+                    bv,
+                } => {
+                    proj(
+                        q,
+                        xb,
+                        &mut st.q[..t * qd],
+                        t,
+                        bq.as_deref(),
+                        &mut st.scratch,
+                    );
+                    proj(
+                        k,
+                        xb,
+                        &mut st.k[..t * kvd],
+                        t,
+                        bk.as_deref(),
+                        &mut st.scratch,
+                    );
+                    proj(
+                        v,
+                        xb,
+                        &mut st.v[..t * kvd],
+                        t,
+                        bv.as_deref(),
+                        &mut st.scratch,
+                    );
+                }
+            }
+            let q = &mut st.q[..t * qd];
+            let k = &mut st.k[..t * kvd];
+
+            // Qwen3: RMSNorm over each head of q and k.
+            if let Some(qn) = &lw.attn_q_norm {
+                q.chunks_exact_mut(hd)
+                    .for_each(|h| ops::rmsnorm_inplace(h, qn, eps));
+            }
+            if let Some(kn) = &lw.attn_k_norm {
+                k.chunks_exact_mut(hd)
+                    .for_each(|h| ops::rmsnorm_inplace(h, kn, eps));
+            }
+
+            // RoPE on the first rope_dim dimensions of every head.
+            for i in 0..t {
+                let (c, s) = (
+                    &st.rope_cos[i * half..(i + 1) * half],
+                    &st.rope_sin[i * half..(i + 1) * half],
+                );
+                q[i * qd..(i + 1) * qd]
+                    .chunks_exact_mut(hd)
+                    .for_each(|h| ops::rope(h, c, s, cfg.rope_style));
+                k[i * kvd..(i + 1) * kvd]
+                    .chunks_exact_mut(hd)
+                    .for_each(|h| ops::rope(h, c, s, cfg.rope_style));
+            }
+
+            // Qwen-1 logn attention: queries past the training length are scaled.
+            if cfg.use_logn_attn {
+                for i in 0..t {
+                    let f = qwen_logn(pos0 + i, cfg.qwen_seq_length);
+                    if f != 1.0 {
+                        q[i * qd..(i + 1) * qd].iter_mut().for_each(|x| *x *= f);
+                    }
+                }
+            }
+
+            // Append k, v to the cache: [n_layer, n_ctx, n_head_kv, head_dim].
+            let base = il * layer_stride + pos0 * kvd;
+            st.k_cache[base..base + t * kvd].copy_from_slice(k);
+            st.v_cache[base..base + t * kvd].copy_from_slice(&st.v[..t * kvd]);
+
+            // Causal grouped-query attention.
+            let kc = &st.k_cache[il * layer_stride..(il + 1) * layer_stride];
+            let vc = &st.v_cache[il * layer_stride..(il + 1) * layer_stride];
+            for i in 0..t {
+                attention(
+                    &q[i * qd..(i + 1) * qd],
+                    kc,
+                    vc,
+                    pos0 + i + 1,
+                    &mut st.att,
+                    &mut st.attn_out[i * qd..(i + 1) * qd],
+                    cfg,
+                    st.n_ctx,
+                );
+            }
+
+            // o-proj and residual.
+            proj(
+                &lw.attn_output,
+                &st.attn_out[..t * qd],
+                &mut st.xb2[..t * e],
+                t,
+                lw.attn_output_b.as_deref(),
+                &mut st.scratch,
+            );
+            ops::add_inplace(&mut st.x[..t * e], &st.xb2[..t * e]);
+
+            // FFN: down(silu(gate(x)) * up(x)) and residual.
+            for i in 0..t {
+                ops::rmsnorm(
+                    &mut st.xb[i * e..(i + 1) * e],
+                    &st.x[i * e..(i + 1) * e],
+                    &lw.ffn_norm,
+                    eps,
+                );
+            }
+            matmul(
+                &lw.ffn_gate,
+                &st.xb[..t * e],
+                &mut st.hb[..t * ff],
+                t,
+                &mut st.scratch,
+            );
+            matmul(
+                &lw.ffn_up,
+                &st.xb[..t * e],
+                &mut st.hb2[..t * ff],
+                t,
+                &mut st.scratch,
+            );
+            ops::swiglu(&mut st.hb[..t * ff], &st.hb2[..t * ff]);
+            matmul(
+                &lw.ffn_down,
+                &st.hb[..t * ff],
+                &mut st.xb2[..t * e],
+                t,
+                &mut st.scratch,
+            );
+            ops::add_inplace(&mut st.x[..t * e], &st.xb2[..t * e]);
+        }
+        Ok(())
+    }
+}
+
+/// y = W x (+ b) for t tokens.
+fn proj(
+    w: &QMatrix,
+    x: &[f32],
+    y: &mut [f32],
+    t: usize,
+    b: Option<&[f32]>,
+    scratch: &mut MatmulScratch,
+) {
+    matmul(w, x, y, t, scratch);
+    if let Some(b) = b {
+        ops::add_bias_rows(y, b);
+    }
+}
+
+/// Attention of one query token over the first `n_keys` cached positions.
+/// q, out: [n_head, head_dim]; kc, vc: [n_ctx, n_head_kv, head_dim] of one layer;
+/// att: [n_head, n_ctx] scratch. Heads run in parallel.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    n_keys: usize,
+    att: &mut [f32],
+    out: &mut [f32],
+    cfg: &Config,
+    n_ctx: usize,
+) {
+    let hd = cfg.head_dim;
+    let kvd = cfg.kv_dim();
+    let group = cfg.n_head / cfg.n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    att.par_chunks_mut(n_ctx)
+        .zip(out.par_chunks_mut(hd))
+        .enumerate()
+        .for_each(|(h, (scores, o))| {
+            let kvh = h / group;
+            let qh = &q[h * hd..(h + 1) * hd];
+            let scores = &mut scores[..n_keys];
+            for (s, score) in scores.iter_mut().enumerate() {
+                let kh = &kc[s * kvd + kvh * hd..s * kvd + (kvh + 1) * hd];
+                let dot: f32 = qh.iter().zip(kh).map(|(a, b)| a * b).sum();
+                *score = dot * scale;
+            }
+            ops::softmax(scores);
+            o.fill(0.0);
+            for (s, &p) in scores.iter().enumerate() {
+                let vh = &vc[s * kvd + kvh * hd..s * kvd + (kvh + 1) * hd];
+                for (oi, &vi) in o.iter_mut().zip(vh) {
+                    *oi += p * vi;
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ntk_alpha_matches_modeling_qwen() {
+        // Within the training length alpha is 1; 2x -> 3, 3x -> 7 (ceil), 4x -> 7.
+        assert_eq!(qwen_ntk_alpha(100, 2048), 1.0);
+        assert_eq!(qwen_ntk_alpha(2048, 2048), 1.0);
+        assert_eq!(qwen_ntk_alpha(4096, 2048), 3.0);
+        assert_eq!(qwen_ntk_alpha(6000, 2048), 7.0);
+        assert_eq!(qwen_ntk_alpha(8192, 2048), 7.0);
+    }
+
+    #[test]
+    fn logn_is_one_inside_training_length() {
+        assert_eq!(qwen_logn(0, 2048), 1.0);
+        assert_eq!(qwen_logn(2047, 2048), 1.0);
+        let f = qwen_logn(4095, 2048);
+        assert!((f - (4096f32.ln() / 2048f32.ln())).abs() < 1e-6);
+    }
+}

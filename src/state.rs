@@ -1,0 +1,90 @@
+//! Activations and the KV cache, allocated once. A decoding step (one token,
+//! last logits only) allocates nothing; only `all_logits` over more tokens than
+//! were seen before grows the logits buffer.
+
+use crate::config::Config;
+use crate::matmul::MatmulScratch;
+
+pub struct State {
+    pub n_ctx: usize,
+    pub max_batch: usize,
+    /// Residual stream, [max_batch, n_embd].
+    pub x: Vec<f32>,
+    /// Normed input of a block, [max_batch, n_embd].
+    pub xb: Vec<f32>,
+    /// Output of attn_output / ffn_down, [max_batch, n_embd].
+    pub xb2: Vec<f32>,
+    /// Fused qkv output (Qwen-1), [max_batch, q_dim + 2*kv_dim]; empty otherwise.
+    pub qkv: Vec<f32>,
+    /// Queries, [max_batch, n_head, head_dim].
+    pub q: Vec<f32>,
+    /// Keys / values of the chunk, [max_batch, n_head_kv, head_dim].
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Attention output, [max_batch, n_head, head_dim].
+    pub attn_out: Vec<f32>,
+    /// Attention scores, [n_head, n_ctx] (one row per head, reused per token).
+    pub att: Vec<f32>,
+    /// FFN gate and up, [max_batch, n_ff].
+    pub hb: Vec<f32>,
+    pub hb2: Vec<f32>,
+    /// RoPE cos/sin of the chunk's positions, [max_batch, rope_dim/2].
+    pub rope_cos: Vec<f32>,
+    pub rope_sin: Vec<f32>,
+    /// RoPE inverse frequencies, [rope_dim/2]; recomputed when the NTK alpha changes.
+    pub inv_freq: Vec<f32>,
+    /// The NTK alpha `inv_freq` was computed for (Qwen-1 dynamic NTK; 1 otherwise).
+    pub ntk_alpha: f64,
+    /// Keys and values of every layer, [n_layer, n_ctx, n_head_kv, head_dim].
+    pub k_cache: Vec<f32>,
+    pub v_cache: Vec<f32>,
+    /// Logits, [n_vocab] for the last token, or [n_tokens, n_vocab] with all_logits.
+    pub logits: Vec<f32>,
+    pub scratch: MatmulScratch,
+}
+
+impl State {
+    /// `n_ctx`: positions the KV cache holds; `max_batch`: tokens per forward
+    /// chunk (prefill splits longer inputs). Both are at least 1.
+    pub fn new(cfg: &Config, n_ctx: usize, max_batch: usize) -> Self {
+        let n_ctx = n_ctx.max(1);
+        let b = max_batch.clamp(1, n_ctx);
+        let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
+        let qkv_len = match cfg.arch.spec().qkv {
+            crate::model::QkvLayout::Fused => b * (qd + 2 * kvd),
+            crate::model::QkvLayout::Split => 0,
+        };
+        let half = cfg.rope_dim / 2;
+        let max_cols = e.max(qd).max(ff);
+        let mut inv_freq = vec![0f32; half];
+        crate::ops::rope_inv_freq(&mut inv_freq, cfg.rope_base as f64, cfg.rope_dim);
+        State {
+            n_ctx,
+            max_batch: b,
+            x: vec![0.0; b * e],
+            xb: vec![0.0; b * e],
+            xb2: vec![0.0; b * e],
+            qkv: vec![0.0; qkv_len],
+            q: vec![0.0; b * qd],
+            k: vec![0.0; b * kvd],
+            v: vec![0.0; b * kvd],
+            attn_out: vec![0.0; b * qd],
+            att: vec![0.0; cfg.n_head * n_ctx],
+            hb: vec![0.0; b * ff],
+            hb2: vec![0.0; b * ff],
+            rope_cos: vec![0.0; b * half],
+            rope_sin: vec![0.0; b * half],
+            inv_freq,
+            ntk_alpha: 1.0,
+            k_cache: vec![0.0; cfg.n_layer * n_ctx * kvd],
+            v_cache: vec![0.0; cfg.n_layer * n_ctx * kvd],
+            logits: vec![0.0; cfg.n_vocab],
+            scratch: MatmulScratch::new(b, max_cols),
+        }
+    }
+
+    /// Bytes held by the KV cache.
+    pub fn kv_bytes(&self) -> usize {
+        (self.k_cache.len() + self.v_cache.len()) * std::mem::size_of::<f32>()
+    }
+}
