@@ -1,0 +1,544 @@
+//! Byte-level BPE tokenizer built from the vocabulary stored in the model file.
+//!
+//! The vocabulary (GGUF `tokenizer.ggml.tokens`, `token_type`, `merges`) is in GPT-2's byte-level
+//! form; see [`byte_level`]. Encoding is tiktoken's (tiktoken-rs `CoreBPE`): split the text with the
+//! pre-tokenizer regex, look each piece up whole, else merge adjacent parts lowest rank first.
+//! With ranks taken from the merges list (the token made by merge `i` has rank `256 + i`, single
+//! bytes rank below 256) that is the same BPE as HF `tokenizers` and llama.cpp run on the same
+//! file; the goldens in tests/tokenizer.rs hold it against both references.
+//!
+//! Special tokens (GGUF types 3 control and 4 user-defined) written in the text become their ids,
+//! matched leftmost-longest like HF's added tokens. Rows of type 5 (unused, e.g. the `[PAD…]`
+//! rows that pad the vocabulary to the embedding size) are never produced and decode to nothing.
+
+pub mod byte_level;
+mod gguf;
+mod stream;
+
+use std::borrow::Cow;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use rustc_hash::FxHashMap;
+use tiktoken_rs::{CoreBPE, Rank};
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+
+pub use stream::StreamDecoder;
+
+/// Qwen's pre-tokenizer (Qwen-1's `PAT_STR`, the `Split` regex of Qwen2/Qwen3's tokenizer.json).
+pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// SmolLM2's pre-tokenizer as one regex. llama.cpp (LLAMA_VOCAB_PRE_TYPE_SMOLLM) and SmolLM2's
+/// tokenizer.json (Digits(individual) then ByteLevel) first cut out every digit, then split each
+/// digit-free run with GPT-2's regex
+/// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
+/// In one pass a digit must end a whitespace run as the end of the run's segment would, hence
+/// `(?![^\s\p{N}])` in place of `(?!\S)`; ` ?\p{N}+` can no longer match and is dropped.
+pub const SMOLLM_PATTERN: &str =
+    r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+";
+
+/// Errors from building the tokenizer or decoding ids. Display is one line naming the value.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("GGUF key {key}: {msg}")]
+    Gguf { key: &'static str, msg: String },
+    #[error("GGUF key {0} is missing")]
+    MissingKey(&'static str),
+    #[error("tokenizer.ggml.model is {0:?}; only \"gpt2\" (byte-level BPE) is supported")]
+    UnsupportedModel(String),
+    #[error("tokenizer.ggml.pre is {0:?}; supported pre-tokenizers: \"qwen2\", \"smollm\"")]
+    UnsupportedPre(String),
+    #[error("qwen_rs.tokenizer.normalizer is {0:?}; supported: \"NFC\"")]
+    UnsupportedNormalizer(String),
+    #[error("invalid vocabulary: {0}")]
+    Vocab(String),
+    #[error("token id {id} is outside the vocabulary of {n_tokens} tokens")]
+    UnknownId { id: u32, n_tokens: usize },
+    #[error("pre-tokenizer regex: {0}")]
+    Regex(String),
+}
+
+/// How a text is split before BPE; chosen by GGUF `tokenizer.ggml.pre`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreTokenizer {
+    /// `qwen2`: [`QWEN2_PATTERN`] (Qwen-1, Qwen2, Qwen2.5, Qwen3).
+    Qwen2,
+    /// `smollm`: [`SMOLLM_PATTERN`].
+    SmolLm,
+}
+
+impl PreTokenizer {
+    /// Maps a `tokenizer.ggml.pre` value; an unknown one is an error, never a guess.
+    pub fn from_gguf_name(name: &str) -> Result<Self, TokenizerError> {
+        match name {
+            "qwen2" => Ok(Self::Qwen2),
+            "smollm" => Ok(Self::SmolLm),
+            other => Err(TokenizerError::UnsupportedPre(other.to_string())),
+        }
+    }
+
+    pub fn pattern(self) -> &'static str {
+        match self {
+            Self::Qwen2 => QWEN2_PATTERN,
+            Self::SmolLm => SMOLLM_PATTERN,
+        }
+    }
+}
+
+/// Unicode normalization applied to the input text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalization {
+    None,
+    /// NFC on each stretch of text between special tokens (HF `tokenizers`: added tokens are cut
+    /// out first, then the `NFC` normalizer runs on the rest). Qwen2 / Qwen3 files.
+    Nfc,
+    /// NFC on the whole text, then special tokens are matched (Qwen-1's `QWenTokenizer.encode`).
+    /// Differs from [`Normalization::Nfc`] only when a combining mark follows a special token and
+    /// composes with its last character (`>` + U+0338 = `≯`).
+    NfcBeforeSpecials,
+}
+
+/// The role of a vocabulary row (GGUF `tokenizer.ggml.token_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Type 1: a BPE token in byte-level form.
+    Normal,
+    /// Type 3 (control) or 4 (user-defined): its text is matched in the input and kept verbatim.
+    Special,
+    /// Type 5: a placeholder row; never produced, decodes to nothing.
+    Unused,
+}
+
+impl TokenKind {
+    /// Maps llama.cpp's token type of token `id`; types 2 (unknown) and 6 (byte) belong to
+    /// SentencePiece vocabularies and are rejected.
+    pub fn from_gguf_type(id: usize, ty: i32) -> Result<Self, TokenizerError> {
+        match ty {
+            1 => Ok(Self::Normal),
+            3 | 4 => Ok(Self::Special),
+            5 => Ok(Self::Unused),
+            other => Err(TokenizerError::Vocab(format!(
+                "token {id} has type {other}; supported: 1 normal, 3 control, 4 user-defined, 5 unused"
+            ))),
+        }
+    }
+}
+
+/// Everything besides the vocabulary rows that [`Tokenizer::from_parts`] needs.
+#[derive(Debug, Clone)]
+pub struct TokenizerConfig {
+    pub pre: PreTokenizer,
+    pub normalization: Normalization,
+    /// Ids that end generation (checked to be in the vocabulary).
+    pub eos_ids: Vec<u32>,
+}
+
+/// A byte-level BPE tokenizer (see the module documentation).
+pub struct Tokenizer {
+    bpe: CoreBPE,
+    /// `rank_to_id[rank]` when BPE ranks differ from token ids; None when they are equal
+    /// (every Qwen vocabulary).
+    rank_to_id: Option<Vec<u32>>,
+    /// Bytes of every row, concatenated: normal tokens decoded from byte-level form, specials as
+    /// their UTF-8 text, unused rows empty. Row `id` is `bytes[offsets[id]..offsets[id + 1]]`.
+    bytes: Vec<u8>,
+    offsets: Vec<u32>,     // [n_tokens + 1]
+    kinds: Vec<TokenKind>, // [n_tokens]
+    /// Leftmost-longest matcher over the special tokens' texts; pattern `i` is `special_ids[i]`.
+    specials: Option<AhoCorasick>,
+    special_ids: Vec<u32>,
+    special_by_text: FxHashMap<String, u32>,
+    normalization: Normalization,
+    eos_ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("n_tokens", &self.n_tokens())
+            .field("n_specials", &self.special_ids.len())
+            .field("ranks_are_ids", &self.rank_to_id.is_none())
+            .field("normalization", &self.normalization)
+            .field("eos_ids", &self.eos_ids)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from vocabulary rows (byte-level strings, one per id), their kinds,
+    /// the merges (`"left right"`, best first) if the vocabulary has them, and the config.
+    /// Without merges, token ids are the BPE ranks (tiktoken vocabularies).
+    pub fn from_parts<T: AsRef<str>, M: AsRef<str>>(
+        tokens: &[T],
+        kinds: &[TokenKind],
+        merges: Option<&[M]>,
+        config: TokenizerConfig,
+    ) -> Result<Tokenizer, TokenizerError> {
+        let n = tokens.len();
+        if kinds.len() != n {
+            return Err(TokenizerError::Vocab(format!(
+                "{} token kinds for {n} tokens",
+                kinds.len()
+            )));
+        }
+        // Ids and ranks are u32 and u32::MAX is tiktoken's "no rank".
+        if n >= u32::MAX as usize / 2 {
+            return Err(TokenizerError::Vocab(format!(
+                "{n} tokens; the limit is {}",
+                u32::MAX / 2
+            )));
+        }
+
+        // 1. Row bytes.
+        let mut bytes = Vec::with_capacity(n * 8);
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0u32);
+        for (id, (tok, &kind)) in tokens.iter().zip(kinds).enumerate() {
+            let tok = tok.as_ref();
+            match kind {
+                TokenKind::Normal => {
+                    let start = bytes.len();
+                    byte_level::decode_into(tok, &mut bytes).map_err(|c| {
+                        TokenizerError::Vocab(format!(
+                            "token {id} {tok:?} has {c:?} (U+{:04X}), which is not in GPT-2's byte-level alphabet",
+                            c as u32
+                        ))
+                    })?;
+                    if bytes.len() == start {
+                        return Err(TokenizerError::Vocab(format!("normal token {id} is empty")));
+                    }
+                }
+                TokenKind::Special => bytes.extend_from_slice(tok.as_bytes()),
+                TokenKind::Unused => {}
+            }
+            let end = u32::try_from(bytes.len()).map_err(|_| {
+                TokenizerError::Vocab(format!("vocabulary text exceeds {} bytes", u32::MAX))
+            })?;
+            offsets.push(end);
+        }
+        let row = |id: usize| &bytes[offsets[id] as usize..offsets[id + 1] as usize];
+
+        // 2. BPE ranks: the encoder tiktoken merges with, and the rank -> id map if needed.
+        let (encoder, rank_to_id) = match merges {
+            Some(merges) if ranks_follow_ids(tokens, kinds, &row, merges)? => {
+                // Merge i made token 256 + i: rank = id for the first 256 + n_merges rows; later
+                // normal rows cannot come out of the merges, so BPE never produces them.
+                let limit = 256 + merges.len();
+                (identity_encoder(kinds, &row, limit), None)
+            }
+            Some(merges) => {
+                let (enc, map) = ranked_encoder(tokens, kinds, &row, merges)?;
+                (enc, Some(map))
+            }
+            None => (identity_encoder(kinds, &row, n), None),
+        };
+        check_single_bytes(&encoder)?;
+
+        let bpe = CoreBPE::new(encoder, FxHashMap::default(), config.pre.pattern())
+            .map_err(|e| TokenizerError::Regex(e.to_string()))?;
+
+        // 3. Special tokens, matched leftmost-longest as HF's added-token splitter does.
+        let mut special_by_text = FxHashMap::default();
+        let mut special_ids = Vec::new();
+        let mut special_texts: Vec<&str> = Vec::new();
+        for (id, (tok, &kind)) in tokens.iter().zip(kinds).enumerate() {
+            let tok = tok.as_ref();
+            if kind == TokenKind::Special && !tok.is_empty() && !special_by_text.contains_key(tok) {
+                special_by_text.insert(tok.to_string(), id as u32);
+                special_ids.push(id as u32);
+                special_texts.push(tok);
+            }
+        }
+        let specials = if special_texts.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&special_texts)
+                    .map_err(|e| TokenizerError::Vocab(format!("special tokens: {e}")))?,
+            )
+        };
+
+        for &id in &config.eos_ids {
+            if id as usize >= n {
+                return Err(TokenizerError::Vocab(format!(
+                    "end-of-sequence id {id} is outside the vocabulary of {n} tokens"
+                )));
+            }
+        }
+
+        Ok(Tokenizer {
+            bpe,
+            rank_to_id,
+            bytes,
+            offsets,
+            kinds: kinds.to_vec(),
+            specials,
+            special_ids,
+            special_by_text,
+            normalization: config.normalization,
+            eos_ids: config.eos_ids,
+        })
+    }
+
+    /// Token ids of `text`: normalized as the file says, special tokens written in the text become
+    /// their ids (like Qwen's tokenizers with allowed_special="all"), no BOS/EOS added.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let text = match self.normalization {
+            Normalization::NfcBeforeSpecials => nfc(text),
+            Normalization::None | Normalization::Nfc => Cow::Borrowed(text),
+        };
+        let per_segment = self.normalization == Normalization::Nfc;
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        let mut last = 0;
+        if let Some(specials) = &self.specials {
+            for m in specials.find_iter(text.as_ref()) {
+                self.encode_segment(&text[last..m.start()], per_segment, &mut out);
+                out.push(self.special_ids[m.pattern().as_usize()]);
+                last = m.end();
+            }
+        }
+        self.encode_segment(&text[last..], per_segment, &mut out);
+        out
+    }
+
+    /// Token ids of `text` with special tokens treated as plain text.
+    pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
+        let text = match self.normalization {
+            Normalization::None => Cow::Borrowed(text),
+            Normalization::Nfc | Normalization::NfcBeforeSpecials => nfc(text),
+        };
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_segment(&text, false, &mut out);
+        out
+    }
+
+    fn encode_segment(&self, text: &str, normalize: bool, out: &mut Vec<u32>) {
+        if text.is_empty() {
+            return;
+        }
+        let text = if normalize {
+            nfc(text)
+        } else {
+            Cow::Borrowed(text)
+        };
+        let ranks: Vec<Rank> = self.bpe.encode_ordinary(&text);
+        match &self.rank_to_id {
+            None => out.extend_from_slice(&ranks),
+            Some(map) => out.extend(ranks.iter().map(|&r| map[r as usize])),
+        }
+    }
+
+    /// Text of `ids`; bytes that are not valid UTF-8 become U+FFFD. An id outside the vocabulary
+    /// is an error.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        let bytes = self.decode_bytes(ids)?;
+        Ok(match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    /// Raw bytes of `ids` (a token may hold part of a UTF-8 character).
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, TokenizerError> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            out.extend_from_slice(self.token_bytes(id)?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes of one token: byte-level decoded for normal tokens, the text of a special token,
+    /// empty for an unused row.
+    pub fn token_bytes(&self, id: u32) -> Result<&[u8], TokenizerError> {
+        let i = id as usize;
+        if i >= self.kinds.len() {
+            return Err(TokenizerError::UnknownId {
+                id,
+                n_tokens: self.kinds.len(),
+            });
+        }
+        Ok(&self.bytes[self.offsets[i] as usize..self.offsets[i + 1] as usize])
+    }
+
+    /// Kind of token `id`, None outside the vocabulary.
+    pub fn token_kind(&self, id: u32) -> Option<TokenKind> {
+        self.kinds.get(id as usize).copied()
+    }
+
+    /// Id of a special token by its text (`"<|im_end|>"`), or of the normal token whose bytes are
+    /// `s` when BPE produces it for `s` alone (`" Hello"`).
+    pub fn token_to_id(&self, s: &str) -> Option<u32> {
+        if let Some(&id) = self.special_by_text.get(s) {
+            return Some(id);
+        }
+        if s.is_empty() {
+            return None;
+        }
+        let mut ids = Vec::with_capacity(1);
+        self.encode_segment(s, false, &mut ids);
+        match ids[..] {
+            [id] if self.token_bytes(id).ok() == Some(s.as_bytes()) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Ids that end generation.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Number of vocabulary rows, unused rows included.
+    pub fn n_tokens(&self) -> usize {
+        self.kinds.len()
+    }
+
+    /// Ids of the special tokens matched in text.
+    pub fn special_ids(&self) -> &[u32] {
+        &self.special_ids
+    }
+
+    pub fn normalization(&self) -> Normalization {
+        self.normalization
+    }
+
+    /// True when BPE ranks are the token ids (no remapping of encoder output).
+    pub fn ranks_are_ids(&self) -> bool {
+        self.rank_to_id.is_none()
+    }
+}
+
+/// NFC of `s`, borrowing when the quick check says it is already NFC (the common case).
+fn nfc(s: &str) -> Cow<'_, str> {
+    if is_nfc_quick(s.chars()) == IsNormalized::Yes {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.nfc().collect())
+    }
+}
+
+/// Splits a merge line `"left right"`.
+fn split_merge<'m>(i: usize, m: &'m str) -> Result<(&'m str, &'m str), TokenizerError> {
+    match m.split_once(' ') {
+        Some((l, r)) if !l.is_empty() && !r.is_empty() && !r.contains(' ') => Ok((l, r)),
+        _ => Err(TokenizerError::Vocab(format!(
+            "merge {i} {m:?} is not two tokens separated by one space"
+        ))),
+    }
+}
+
+/// True when ids are BPE ranks: rows 0..256 are the 256 single bytes and merge `i` joins into
+/// row `256 + i` (Qwen vocabularies, whose ids are tiktoken ranks). O(total merge length), no
+/// allocation.
+fn ranks_follow_ids<'b, T: AsRef<str>, M: AsRef<str>>(
+    tokens: &[T],
+    kinds: &[TokenKind],
+    row: &dyn Fn(usize) -> &'b [u8],
+    merges: &[M],
+) -> Result<bool, TokenizerError> {
+    if tokens.len() < 256 + merges.len() {
+        return Ok(false);
+    }
+    let mut seen = [false; 256];
+    for id in 0..256 {
+        match row(id) {
+            [b] if kinds[id] == TokenKind::Normal && !seen[*b as usize] => seen[*b as usize] = true,
+            _ => return Ok(false),
+        }
+    }
+    for (i, m) in merges.iter().enumerate() {
+        let (l, r) = split_merge(i, m.as_ref())?;
+        let id = 256 + i;
+        let t = tokens[id].as_ref();
+        if kinds[id] != TokenKind::Normal
+            || t.len() != l.len() + r.len()
+            || !t.starts_with(l)
+            || !t.ends_with(r)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Encoder with rank = id for normal rows below `limit`.
+fn identity_encoder<'b>(
+    kinds: &[TokenKind],
+    row: &dyn Fn(usize) -> &'b [u8],
+    limit: usize,
+) -> FxHashMap<Vec<u8>, Rank> {
+    let mut enc = FxHashMap::with_capacity_and_hasher(limit, Default::default());
+    for (id, &kind) in kinds.iter().enumerate().take(limit) {
+        if kind == TokenKind::Normal {
+            enc.insert(row(id).to_vec(), id as Rank);
+        }
+    }
+    enc
+}
+
+/// Encoder whose ranks come from the merges list (single bytes 0..256 by byte value, the token
+/// made by merge `i` gets `256 + i`; a token made again by a later merge keeps its first rank),
+/// with the rank -> id map.
+fn ranked_encoder<'b, T: AsRef<str>, M: AsRef<str>>(
+    tokens: &[T],
+    kinds: &[TokenKind],
+    row: &dyn Fn(usize) -> &'b [u8],
+    merges: &[M],
+) -> Result<(FxHashMap<Vec<u8>, Rank>, Vec<u32>), TokenizerError> {
+    let mut by_text: FxHashMap<&str, u32> =
+        FxHashMap::with_capacity_and_hasher(tokens.len(), Default::default());
+    let mut rank_to_id = vec![u32::MAX; 256 + merges.len()];
+    for (id, (tok, &kind)) in tokens.iter().zip(kinds).enumerate() {
+        if kind != TokenKind::Normal {
+            continue;
+        }
+        by_text.entry(tok.as_ref()).or_insert(id as u32);
+        if let [b] = row(id) {
+            if rank_to_id[*b as usize] == u32::MAX {
+                rank_to_id[*b as usize] = id as u32;
+            }
+        }
+    }
+    let mut has_rank = vec![false; tokens.len()];
+    for &id in &rank_to_id[..256] {
+        if id != u32::MAX {
+            has_rank[id as usize] = true;
+        }
+    }
+    let mut joined = String::new();
+    for (i, m) in merges.iter().enumerate() {
+        let (l, r) = split_merge(i, m.as_ref())?;
+        joined.clear();
+        joined.push_str(l);
+        joined.push_str(r);
+        let &id = by_text.get(joined.as_str()).ok_or_else(|| {
+            TokenizerError::Vocab(format!(
+                "merge {i} {:?} makes {joined:?}, which is not a normal token",
+                m.as_ref()
+            ))
+        })?;
+        if !has_rank[id as usize] {
+            has_rank[id as usize] = true;
+            rank_to_id[256 + i] = id;
+        }
+    }
+    let mut enc = FxHashMap::with_capacity_and_hasher(rank_to_id.len(), Default::default());
+    for (rank, &id) in rank_to_id.iter().enumerate() {
+        if id != u32::MAX {
+            enc.insert(row(id as usize).to_vec(), rank as Rank);
+        }
+    }
+    Ok((enc, rank_to_id))
+}
+
+/// tiktoken needs a rank for every single byte (it indexes its map with them).
+fn check_single_bytes(encoder: &FxHashMap<Vec<u8>, Rank>) -> Result<(), TokenizerError> {
+    for b in 0..=255u8 {
+        if !encoder.contains_key(&[b][..]) {
+            return Err(TokenizerError::Vocab(format!(
+                "no normal token for byte 0x{b:02x}; a byte-level vocabulary needs all 256"
+            )));
+        }
+    }
+    Ok(())
+}
