@@ -14,7 +14,7 @@ the Hugging Face folder it was converted from:
                      and, over the tensor, RMSE <= 1.05 * RMSE of gguf's own reference quantizer on the same data
                      + 1e-7 (a quantizer worse than the reference fails). llama.cpp's test-quantize-fns metric,
                      sqrt(sum err^2)/n scaled to its 4096-value test (budget 0.002), is printed with -v.
-    plus: 1-D tensors are f32; with --type T the type policy of quant-formats/FORMAT.md holds (2-D tensors are T,
+    plus: 1-D tensors are f32; for the type named by --type T or else general.file_type, the type policy of quant-formats/FORMAT.md holds (2-D tensors are T,
     the output matrix — token_embd when tied — is q8_0 in 4/5-bit files, a row length not a multiple of 32 is
     f16 or f32);
   * hyperparameter keys equal config.json; tokenizer keys exist, tokenizer.ggml.tokens has one entry per row of
@@ -48,6 +48,8 @@ QUANT_BOUND = {  # worst-case |error| per element as a fraction of the block's a
     GT.Q4_1: 1.0 / 30.0,
     GT.Q5_1: 1.0 / 62.0,
 }
+# general.file_type (llama_ftype) -> the type a user chose; lets the policy be checked without --type.
+FILE_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 8: "q5_0", 9: "q5_1", 32: "bf16"}
 TYPE_NAMES = {"f32": GT.F32, "f16": GT.F16, "bf16": GT.BF16, "q8_0": GT.Q8_0, "q4_0": GT.Q4_0,
               "q4_1": GT.Q4_1, "q5_0": GT.Q5_0, "q5_1": GT.Q5_1}
 
@@ -413,6 +415,15 @@ def check(path: Path, hf_dir: Path, ftype_name: str | None, verbose: bool) -> Pr
     hf_names = set(st.names())
     tied = "lm_head.weight" not in hf_names
     table = name_table(arch, n_layer, tied)
+    file_type = field(reader, "general.file_type")
+    if file_type is not None:
+        named = FILE_TYPES.get(int(file_type))
+        if named is None:
+            p.add(f"general.file_type {file_type} is not one of {sorted(FILE_TYPES)}")
+        elif ftype_name is not None and named != ftype_name:
+            p.add(f"general.file_type {file_type} means {named}, but --type {ftype_name} was given")
+        elif ftype_name is None:
+            ftype_name = named
     ftype = TYPE_NAMES[ftype_name] if ftype_name else None
 
     seen = set()
@@ -459,7 +470,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="Check a converted GGUF file against its Hugging Face source.")
     ap.add_argument("file", type=Path)
     ap.add_argument("hf_dir", type=Path)
-    ap.add_argument("--type", choices=sorted(TYPE_NAMES), help="file type given to qwen-convert -t: check the policy")
+    ap.add_argument("--type", choices=sorted(TYPE_NAMES), help="file type given to qwen-convert -t (default: from general.file_type); checks the type policy")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per tensor")
     args = ap.parse_args()
     for what, pth, ok in (("file", args.file, args.file.is_file()), ("HF folder", args.hf_dir, (args.hf_dir / "config.json").is_file())):
