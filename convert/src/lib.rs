@@ -5,8 +5,10 @@
 //! - [`arch`]: per-architecture hyperparameters and HF -> GGUF tensor tables
 //! - [`tokenizer`]: tokenizer.json / qwen.tiktoken, chat template, generation defaults
 //! - [`plan`]: the type policy and the per-tensor error report
+//! - [`convert`]: the streaming, atomic conversion pipeline
 
 pub mod arch;
+pub mod convert;
 pub mod error;
 pub mod hf;
 pub mod meta;

@@ -1,0 +1,369 @@
+//! The conversion pipeline: read and check everything, declare every tensor,
+//! write the header, then stream one tensor at a time
+//! (read -> f32 -> quantize -> write -> drop), so peak memory is about one
+//! output tensor plus a 4 MB work chunk, not the model.
+//!
+//! The file appears atomically: we write `.NAME.tmp-PID` in the output folder,
+//! fsync it and rename it over NAME; on any error (or cancellation) the
+//! temporary file is removed and NAME is left as it was.
+
+use crate::arch::{Arch, Hparams, TensorSpec};
+use crate::hf::{Checkpoint, Config, TensorEntry};
+use crate::meta::{Meta, MetaValue};
+use crate::plan::{self, ErrorStats, TensorReport, TypePolicy};
+use crate::tokenizer::Vocab;
+use crate::{bail, Error, Result};
+use quant_formats::gguf::{GgufWriter, Value};
+use quant_formats::{reference, GgmlType};
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Elements converted per step (4 MB of f32).
+const CHUNK_ELEMS: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub policy: TypePolicy,
+    /// Dequantize every chunk again to measure the RMSE (for `-v`).
+    pub measure_error: bool,
+}
+
+/// Callbacks for the binary's progress bar and `-v` lines (the library prints nothing).
+pub trait Progress {
+    fn begin(&mut self, _total_elements: u64) {}
+    fn tensor_start(&mut self, _name: &str) {}
+    fn advance(&mut self, _elements: u64) {}
+    fn tensor_done(&mut self, _report: &TensorReport) {}
+}
+
+/// No-op progress.
+pub struct Silent;
+impl Progress for Silent {}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub arch: Arch,
+    pub hparams: Hparams,
+    pub n_bytes: u64,
+    pub reports: Vec<TensorReport>,
+}
+
+/// One planned tensor.
+struct Item<'a> {
+    spec: TensorSpec,
+    src: &'a TensorEntry,
+    dtype: GgmlType,
+    n_bytes: usize,
+}
+
+/// Removes the temporary file unless disarmed.
+struct TempGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::new(format!("{what} {}: {e}", path.display()))
+}
+
+/// Temporary file name for `out`: `.NAME.tmp-PID` beside it.
+pub fn temp_path(out: &Path) -> Result<PathBuf> {
+    let Some(name) = out.file_name().and_then(|n| n.to_str()) else {
+        bail!("{}: output must name a file", out.display());
+    };
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok(parent.join(format!(".{name}.tmp-{}", std::process::id())))
+}
+
+pub fn convert(
+    opts: &Options,
+    progress: &mut dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Summary> {
+    let dir = &opts.input;
+    if !dir.is_dir() {
+        bail!(
+            "{}: not a folder (expected a Hugging Face model folder)",
+            dir.display()
+        );
+    }
+    if opts.output.is_dir() {
+        bail!(
+            "{}: output is a folder; give a file name",
+            opts.output.display()
+        );
+    }
+    let tmp = temp_path(&opts.output)?;
+    if let Some(parent) = tmp.parent() {
+        if !parent.is_dir() {
+            bail!("{}: output folder does not exist", parent.display());
+        }
+    }
+
+    // 1. Read and check everything before creating any file.
+    let cfg = Config::load(dir)?;
+    let hp = Hparams::from_config(&cfg)?;
+    let ck = Checkpoint::open(dir)?;
+    let specs = crate::arch::tensor_specs(&hp, &ck)?;
+    let vocab = Vocab::load(dir, &hp, &cfg)?;
+
+    let mut items = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let Some(src) = ck.get(&spec.hf) else {
+            bail!("checkpoint: tensor {:?} is missing", spec.hf);
+        };
+        let row_len = spec.shape.last().copied().unwrap_or(1);
+        let wanted = opts.policy.wanted(&spec);
+        let dtype = plan::choose(wanted, row_len, || max_abs(&ck, src, cancel))?;
+        let n = spec.n_elements() as u64;
+        let Some(n_bytes) = dtype.row_bytes(n).and_then(|b| usize::try_from(b).ok()) else {
+            bail!("tensor {}: {n} elements do not fit type {dtype}", spec.gguf);
+        };
+        items.push(Item {
+            spec,
+            src,
+            dtype,
+            n_bytes,
+        });
+    }
+
+    let mut meta = Meta::default();
+    let name = model_name(&cfg, dir);
+    meta.push(
+        "general.architecture",
+        MetaValue::Str(hp.arch.gguf_name().into()),
+    );
+    meta.push("general.name", MetaValue::Str(name));
+    meta.push(
+        "general.file_type",
+        MetaValue::U32(plan::llama_ftype(opts.policy.base)),
+    );
+    meta.push("general.quantization_version", MetaValue::U32(2));
+    meta.push("general.alignment", MetaValue::U32(32));
+    hp.metadata(&mut meta);
+    vocab.metadata(&mut meta);
+
+    let mut w = GgufWriter::new();
+    for (k, v) in &meta.entries {
+        w.add(k.as_str(), to_value(v));
+    }
+    for it in &items {
+        w.add_tensor(&it.spec.gguf, &it.spec.gguf_dims(), it.dtype)
+            .map_err(|e| Error::new(format!("tensor {}: {e}", it.spec.gguf)))?;
+    }
+
+    // 2. Stream into the temporary file.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| {
+            Error::new(format!(
+                "cannot write output {}: creating {} failed: {e}",
+                opts.output.display(),
+                tmp.display()
+            ))
+        })?;
+    let mut guard = TempGuard {
+        path: tmp.clone(),
+        armed: true,
+    };
+    let out_err = |e: &dyn std::fmt::Display| Error::new(format!("writing {}: {e}", tmp.display()));
+
+    let total: u64 = items.iter().map(|i| i.spec.n_elements() as u64).sum();
+    progress.begin(total);
+    let mut stream = w
+        .start(BufWriter::with_capacity(8 << 20, file))
+        .map_err(|e| out_err(&e))?;
+    let mut reports = Vec::with_capacity(items.len());
+    let mut chunk: Vec<f32> = Vec::new();
+    let mut check: Vec<f32> = Vec::new();
+    let mut written = 0u64;
+    for it in &items {
+        progress.tensor_start(&it.spec.gguf);
+        let (bytes, error) = convert_tensor(
+            &ck,
+            it,
+            opts.measure_error,
+            &mut chunk,
+            &mut check,
+            progress,
+            cancel,
+        )?;
+        stream
+            .write_tensor(&it.spec.gguf, &bytes)
+            .map_err(|e| out_err(&e))?;
+        drop(bytes);
+        ck.release(it.src);
+        written += it.n_bytes as u64;
+        let report = TensorReport {
+            name: it.spec.gguf.clone(),
+            dims: it.spec.gguf_dims(),
+            dtype: it.dtype,
+            n_bytes: it.n_bytes as u64,
+            error,
+        };
+        progress.tensor_done(&report);
+        reports.push(report);
+    }
+    let buf = stream.finish().map_err(|e| out_err(&e))?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| out_err(&e.error().to_string()))?;
+    file.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
+    drop(file);
+    if cancel.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    std::fs::rename(&tmp, &opts.output).map_err(|e| {
+        Error::new(format!(
+            "cannot rename {} to {}: {e}",
+            tmp.display(),
+            opts.output.display()
+        ))
+    })?;
+    guard.armed = false;
+    // Make the rename durable; failure here does not lose the file.
+    if let Some(parent) = tmp.parent() {
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    let n_bytes = std::fs::metadata(&opts.output)
+        .map(|m| m.len())
+        .unwrap_or(written);
+    Ok(Summary {
+        arch: hp.arch,
+        hparams: hp,
+        n_bytes,
+        reports,
+    })
+}
+
+/// Largest |x| of a tensor (only for tensors that may fall back to f16).
+fn max_abs(ck: &Checkpoint, t: &TensorEntry, cancel: &AtomicBool) -> Result<f32> {
+    let n = t.n_elements();
+    let mut buf = vec![0f32; CHUNK_ELEMS.min(n)];
+    let mut m = 0f32;
+    let mut i = 0;
+    while i < n {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let len = CHUNK_ELEMS.min(n - i);
+        ck.read_f32(t, i, &mut buf[..len])?;
+        m = buf[..len].iter().fold(m, |m, x| m.max(x.abs()));
+        i += len;
+    }
+    ck.release(t);
+    Ok(m)
+}
+
+/// Convert one tensor chunk by chunk (whole rows, ~CHUNK_ELEMS values each).
+fn convert_tensor(
+    ck: &Checkpoint,
+    it: &Item<'_>,
+    measure: bool,
+    chunk: &mut Vec<f32>,
+    check: &mut Vec<f32>,
+    progress: &mut dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<(Vec<u8>, Option<ErrorStats>)> {
+    let n = it.spec.n_elements();
+    let row_len = it.spec.shape.last().copied().unwrap_or(1).max(1);
+    let rows_per_chunk = (CHUNK_ELEMS / row_len).max(1);
+    let step = rows_per_chunk * row_len;
+    let mut out = vec![0u8; it.n_bytes];
+    let mut stats = measure.then(ErrorStats::default);
+    let mut i = 0;
+    let mut out_pos = 0;
+    while i < n {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let len = step.min(n - i);
+        chunk.resize(len, 0.0);
+        ck.read_f32(it.src, i, chunk)?;
+        if it.dtype == GgmlType::F16 {
+            let lim = half::f16::MAX.to_f32();
+            if let Some(j) = chunk.iter().position(|x| x.abs() > lim) {
+                bail!(
+                    "{}: tensor {:?} value {} at element {} overflows f16 (max {lim}); use -t bf16 or -t f32",
+                    ck.shard_path(it.src).display(),
+                    it.src.name,
+                    chunk[j],
+                    i + j
+                );
+            }
+        }
+        let nb = it
+            .dtype
+            .row_bytes(len as u64)
+            .and_then(|b| usize::try_from(b).ok())
+            .filter(|&b| out_pos + b <= out.len());
+        let Some(nb) = nb else {
+            bail!(
+                "internal: chunk of {len} values of {} does not fit tensor {}",
+                it.dtype,
+                it.spec.gguf
+            );
+        };
+        let dst = &mut out[out_pos..out_pos + nb];
+        reference::quantize_into(it.dtype, chunk, dst)
+            .map_err(|e| Error::new(format!("tensor {}: {e}", it.spec.gguf)))?;
+        if let Some(s) = stats.as_mut() {
+            check.resize(len, 0.0);
+            reference::dequantize(it.dtype, dst, check)
+                .map_err(|e| Error::new(format!("tensor {}: {e}", it.spec.gguf)))?;
+            s.add(chunk, check);
+        }
+        out_pos += nb;
+        i += len;
+        progress.advance(len as u64);
+    }
+    Ok((out, stats))
+}
+
+fn model_name(cfg: &Config, dir: &Path) -> String {
+    let from_cfg = cfg
+        .opt_str("_name_or_path")
+        .ok()
+        .flatten()
+        .and_then(|s| s.trim_end_matches('/').rsplit('/').next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    from_cfg.unwrap_or_else(|| {
+        std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into())
+    })
+}
+
+fn to_value(v: &MetaValue) -> Value {
+    match v {
+        MetaValue::U32(x) => Value::from(*x),
+        MetaValue::I32(x) => Value::from(*x),
+        MetaValue::F32(x) => Value::from(*x),
+        MetaValue::Bool(x) => Value::from(*x),
+        MetaValue::Str(s) => Value::from(s.clone()),
+        MetaValue::ArrStr(a) => Value::from(a.clone()),
+        MetaValue::ArrI32(a) => Value::from(a.clone()),
+        MetaValue::ArrU32(a) => Value::from(a.clone()),
+    }
+}

@@ -1,0 +1,333 @@
+//! Every failure: non-zero exit, one stderr line "error: ..." naming the file
+//! and the value, and nothing left in the output folder.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+
+/// Convert `dir` into an empty folder; expect a one-line error mentioning
+/// every needle and an empty output folder afterwards.
+fn expect_error(dir: &Path, needles: &[&str]) {
+    let out_dir = TempDir::new("out");
+    let o = convert(dir, &out_dir.join("m.qbin"), "q4_0", &[]);
+    assert_one_line_error(&o, needles);
+    assert!(
+        out_dir.list().is_empty(),
+        "output folder must be empty, has {:?}",
+        out_dir.list()
+    );
+}
+
+#[test]
+fn missing_config() {
+    let dir = TempDir::new("model");
+    Spec::new(Arch::Qwen2).write(dir.path());
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    expect_error(dir.path(), &["config.json"]);
+}
+
+#[test]
+fn input_folder_missing() {
+    let dir = TempDir::new("model");
+    expect_error(&dir.join("nope"), &["nope", "not a folder"]);
+}
+
+#[test]
+fn unknown_architecture() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen2);
+    s.write(dir.path());
+    let mut cfg = s.config();
+    cfg["architectures"] = json!(["LlamaForCausalLM"]);
+    write_json(&dir.join("config.json"), &cfg);
+    expect_error(dir.path(), &["config.json", "LlamaForCausalLM"]);
+}
+
+#[test]
+fn config_key_missing_or_wrong_type() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen3);
+    s.write(dir.path());
+    let mut cfg = s.config();
+    cfg.as_object_mut().unwrap().remove("num_hidden_layers");
+    write_json(&dir.join("config.json"), &cfg);
+    expect_error(dir.path(), &["config.json", "num_hidden_layers"]);
+    cfg["num_hidden_layers"] = json!("two");
+    write_json(&dir.join("config.json"), &cfg);
+    expect_error(dir.path(), &["config.json", "num_hidden_layers", "\"two\""]);
+}
+
+#[test]
+fn missing_shard() {
+    let dir = TempDir::new("model");
+    let mut s = Spec::new(Arch::Qwen2);
+    s.shards = 2;
+    s.write(dir.path());
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    expect_error(dir.path(), &["model-00002-of-00002.safetensors"]);
+}
+
+#[test]
+fn no_weights_at_all() {
+    let dir = TempDir::new("model");
+    Spec::new(Arch::Qwen2).write(dir.path());
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    expect_error(dir.path(), &["model.safetensors"]);
+}
+
+#[test]
+fn missing_tensor() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen2);
+    let src: Vec<SrcTensor> = s
+        .tensors()
+        .into_iter()
+        .filter(|t| t.hf != "model.layers.1.mlp.up_proj.weight")
+        .collect();
+    s.write_with(dir.path(), &src);
+    expect_error(
+        dir.path(),
+        &["model.layers.1.mlp.up_proj.weight", "missing"],
+    );
+}
+
+#[test]
+fn shape_mismatch() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen3);
+    let mut src = s.tensors();
+    let t = src
+        .iter_mut()
+        .find(|t| t.hf == "model.layers.0.self_attn.k_proj.weight")
+        .unwrap();
+    t.shape = vec![32, 64]; // config implies [2 * 32, 64]
+    t.data.truncate(32 * 64);
+    s.write_with(dir.path(), &src);
+    expect_error(
+        dir.path(),
+        &["model.safetensors", "k_proj", "[32, 64]", "[64, 64]"],
+    );
+}
+
+#[test]
+fn unexpected_tensor() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen2);
+    let mut src = s.tensors();
+    let mut extra = src[1].clone();
+    extra.hf = "model.layers.0.self_attn.o_proj.bias".into();
+    src.push(extra);
+    s.write_with(dir.path(), &src);
+    expect_error(dir.path(), &["o_proj.bias", "unexpected"]);
+}
+
+#[test]
+fn unsupported_dtype() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen2);
+    let mut src = s.tensors();
+    let t = src
+        .iter_mut()
+        .find(|t| t.hf == "model.norm.weight")
+        .unwrap();
+    t.raw = Some((safetensors::Dtype::I32, vec![0u8; 4 * 64]));
+    s.write_with(dir.path(), &src);
+    expect_error(
+        dir.path(),
+        &["model.safetensors", "model.norm.weight", "I32"],
+    );
+}
+
+#[test]
+fn lying_header_offsets_past_end() {
+    let dir = TempDir::new("model");
+    Spec::new(Arch::Qwen2).write(dir.path());
+    // Cut the file short: the last tensor's data_offsets now point past the end.
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
+    expect_error(dir.path(), &["model.safetensors", "past the data section"]);
+}
+
+#[test]
+fn lying_header_size_disagrees_with_shape() {
+    let dir = TempDir::new("model");
+    Spec::new(Arch::Qwen2).write(dir.path());
+    // Rewrite the header: claim one tensor is [4096] while its offsets hold 64 values.
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    let mut h: serde_json::Value = serde_json::from_str(header).unwrap();
+    h["model.norm.weight"]["shape"] = json!([4096]);
+    let mut new_header = serde_json::to_string(&h).unwrap();
+    while new_header.len() < n {
+        new_header.push(' ');
+    }
+    assert_eq!(
+        new_header.len(),
+        n,
+        "test needs a header of the same length"
+    );
+    let mut out = bytes[..8].to_vec();
+    out.extend_from_slice(new_header.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+    expect_error(
+        dir.path(),
+        &["model.safetensors", "model.norm.weight", "4096"],
+    );
+}
+
+#[test]
+fn header_length_past_end() {
+    let dir = TempDir::new("model");
+    Spec::new(Arch::Qwen2).write(dir.path());
+    let p = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(&p, bytes).unwrap();
+    expect_error(dir.path(), &["model.safetensors", "header length"]);
+}
+
+#[test]
+fn nan_weights() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen2);
+    let mut src = s.tensors();
+    // The last tensor, so the temp file exists and holds data when we fail.
+    let last = src.last_mut().unwrap();
+    assert_eq!(last.hf, "lm_head.weight");
+    last.data[1000] = f32::NAN;
+    s.write_with(dir.path(), &src);
+    expect_error(dir.path(), &["lm_head.weight", "NaN", "1000"]);
+    // and infinity in f32 source
+    let mut s = Spec::new(Arch::Qwen3);
+    s.src = Src::F32;
+    let mut src = s.tensors();
+    src[3].data[5] = f32::INFINITY;
+    let name = src[3].hf.clone();
+    s.write_with(dir.path(), &src);
+    expect_error(dir.path(), &[name.as_str(), "inf"]);
+}
+
+#[test]
+fn unwritable_output() {
+    let dir = TempDir::new("model");
+    Spec::new(Arch::Qwen2).write(dir.path());
+    let out_dir = TempDir::new("out");
+    // parent of the output is a regular file (fails even for root)
+    let file = out_dir.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let o = convert(dir.path(), &file.join("m.qbin"), "q4_0", &[]);
+    assert_one_line_error(&o, &["file"]);
+    // parent folder does not exist
+    let o = convert(dir.path(), &out_dir.join("no/such/dir/m.qbin"), "q4_0", &[]);
+    assert_one_line_error(&o, &["no/such/dir"]);
+    // output is a folder
+    let o = convert(dir.path(), out_dir.path(), "q4_0", &[]);
+    assert_one_line_error(&o, &["folder"]);
+    assert_eq!(out_dir.list(), vec!["file".to_string()]);
+}
+
+#[test]
+fn tokenizer_problems() {
+    let s = Spec::new(Arch::Qwen2);
+    // unknown pre-tokenizer
+    let dir = TempDir::new("model");
+    s.write(dir.path());
+    let mut tj = tokenizer_json(false);
+    tj["pre_tokenizer"] = json!({"type": "Metaspace", "replacement": "▁"});
+    write_json(&dir.join("tokenizer.json"), &tj);
+    expect_error(dir.path(), &["tokenizer.json", "Metaspace"]);
+    // token id past vocab_size
+    let mut tj = tokenizer_json(false);
+    tj["model"]["vocab"]["zzz"] = json!(5000);
+    write_json(&dir.join("tokenizer.json"), &tj);
+    expect_error(dir.path(), &["tokenizer.json", "5000", "320"]);
+    // eos names a token that does not exist
+    write_json(&dir.join("tokenizer.json"), &tokenizer_json(false));
+    let mut tc = tokenizer_config(Arch::Qwen2);
+    tc["eos_token"] = json!("<|nope|>");
+    write_json(&dir.join("tokenizer_config.json"), &tc);
+    expect_error(dir.path(), &["tokenizer_config.json", "<|nope|>"]);
+    // missing tokenizer.json
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    expect_error(dir.path(), &["tokenizer.json"]);
+}
+
+#[test]
+fn qwen1_tiktoken_problems() {
+    let s = Spec::new(Arch::Qwen);
+    let dir = TempDir::new("model");
+    s.write(dir.path());
+    std::fs::write(dir.join("qwen.tiktoken"), "IQ== 0\n!!!! 1\n").unwrap();
+    expect_error(dir.path(), &["qwen.tiktoken", ":2", "!!!!"]);
+    // a token that cannot be built from two lower-ranked tokens
+    let mut text = tiktoken_text();
+    text.push_str(&format!("{} 261\n", b64(b"xyz")));
+    std::fs::write(dir.join("qwen.tiktoken"), text).unwrap();
+    expect_error(dir.path(), &["qwen.tiktoken", "261"]);
+    std::fs::remove_file(dir.join("qwen.tiktoken")).unwrap();
+    expect_error(dir.path(), &["qwen.tiktoken"]);
+}
+
+#[test]
+fn ctrl_c_removes_temp_file() {
+    // One big embedding so the conversion runs long enough to be interrupted.
+    let mut s = Spec::new(Arch::Qwen2);
+    s.n_vocab = 1 << 17;
+    s.n_embd = 256;
+    s.n_head = 4;
+    s.n_head_kv = 4;
+    s.head_dim = 64;
+    s.n_layer = 1;
+    s.n_ff = 256;
+    s.tied = true;
+    s.src = Src::F32;
+    let dir = TempDir::new("model");
+    s.write(dir.path());
+    // the tokenizer needs vocab ids below n_vocab: ours are < 320, fine
+    let out_dir = TempDir::new("out");
+    let out = out_dir.join("m.qbin");
+    let child = std::process::Command::new(BIN)
+        .args([
+            "-i",
+            dir.path().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-t",
+            "q4_0",
+            "-v",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = out_dir.join(&format!(".m.qbin.tmp-{}", child.id()));
+    let t0 = std::time::Instant::now();
+    while !tmp.exists() && t0.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(tmp.exists(), "temporary file never appeared");
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "stderr: {}", stderr(&o));
+    let e = stderr(&o);
+    let last = e.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains("interrupted"),
+        "{e}"
+    );
+    assert!(
+        out_dir.list().is_empty(),
+        "left behind: {:?}",
+        out_dir.list()
+    );
+}
