@@ -183,3 +183,64 @@ fn hand_computed_q8_0() {
     assert_eq!(b[0].qs[15], 61); // 61.45 -> 61
     assert_eq!(b[0].qs[16], 66); // 65.548 -> 66
 }
+
+/// A file made by llama.cpp's tools (fetched by scripts/setup.sh): our tensor
+/// table and dequantized values equal gguf-py's GGUFReader's. Skipped, with a
+/// note on stderr, when the asset has not been fetched.
+#[test]
+fn real_llama_cpp_file_matches_gguf_py() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(goldens::REAL_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!(
+            "skipped: {} not found (run scripts/setup.sh)",
+            path.display()
+        );
+        return;
+    };
+    let g = quant_formats::gguf::Gguf::parse(&bytes).unwrap();
+    let (n_kv, n_tensors, table_hash) = goldens::REAL_TABLE;
+    assert_eq!(g.kv().len(), n_kv);
+    assert_eq!(g.tensors.len(), n_tensors);
+    let table: String = g
+        .tensors
+        .iter()
+        .map(|t| {
+            let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
+            format!(
+                "{}|{}|{}|{}|{}\n",
+                t.name,
+                dims.join(","),
+                t.dtype.name().to_lowercase(),
+                g.data_offset + t.offset,
+                t.n_bytes
+            )
+        })
+        .collect();
+    assert_eq!(
+        fnv1a64(table.as_bytes()),
+        table_hash,
+        "tensor table differs:\n{table}"
+    );
+    for &(name, hash) in goldens::REAL_TENSORS {
+        let t = g.tensor(name).unwrap();
+        let mut y = vec![0f32; t.n_elements() as usize];
+        dequantize(t.dtype, g.tensor_data(t), &mut y).unwrap();
+        let le: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            fnv1a64(&le),
+            hash,
+            "{name} ({}) dequantizes differently",
+            t.dtype
+        );
+    }
+    assert_eq!(g.get_str("general.architecture").unwrap(), Some("llama"));
+    assert_eq!(
+        g.get_str_array("tokenizer.ggml.tokens")
+            .unwrap()
+            .map(|t| t.len()),
+        Some(49152)
+    );
+    assert!(g.warnings.is_empty(), "{:?}", g.warnings);
+}

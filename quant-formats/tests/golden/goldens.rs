@@ -349,3 +349,14 @@ pub const DEQUANT: &[(&str, u32, usize, u64, &[u32])] = &[
         ],
     ),
 ];
+
+pub const REAL_FILE: &str = "assets/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// (metadata entries, tensors, hash of the 'name|dims|type|abs offset|bytes' lines)
+pub const REAL_TABLE: (usize, usize, u64) = (33, 272, 0x59595aa6867391b7);
+/// (tensor, hash of its dequantized f32 LE bytes)
+pub const REAL_TENSORS: &[(&str, u64)] = &[
+    ("token_embd.weight", 0x0c071e001805fcd6),
+    ("blk.0.ffn_down.weight", 0x23d06b0584ef224b),
+    ("blk.29.attn_v.weight", 0x0953151eabb81d10),
+    ("output_norm.weight", 0xea814bed6299e304),
+];
