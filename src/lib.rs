@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod interactive;
 pub mod kernels;
 pub mod loader;
 pub mod matmul;

@@ -1,1 +1,596 @@
-fn main() {}
+//! qwen-run: evaluate, generate with, tokenize for, or chat with a qbin/GGUF model.
+//!
+//! Every failure is one line `error: …` on stderr and exit code 1.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use quant_formats::gguf::Gguf;
+
+use qwen::model::Model;
+use qwen::sampler::{GenerationDefaults, Sampler, SamplerParams};
+use qwen::tokenizer::{StreamDecoder, Tokenizer};
+use qwen::ModelFile;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Raw completion of -p without a chat template.
+    Generate,
+    /// One chat turn with -p, or an interactive chat with -i.
+    Chat,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qwen-run",
+    version,
+    about = "Run Qwen models stored as qbin/GGUF files on the CPU"
+)]
+struct Args {
+    /// Model file (qbin/GGUF v3).
+    #[arg(short = 'f', long = "model", visible_short_alias = 'm')]
+    model: PathBuf,
+    /// Evaluate these comma-separated ids as one sequence from position 0 (with --dump-logits).
+    #[arg(long, value_name = "ID,ID,...")]
+    token_ids: Option<String>,
+    /// Write the logits of every --token-ids position as float32 .npy [n_ids, n_vocab].
+    #[arg(long, value_name = "OUT.npy")]
+    dump_logits: Option<PathBuf>,
+    /// generate = raw completion; chat = chat template (default).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Prompt (raw text with --mode generate, the user message otherwise).
+    #[arg(short = 'p', long)]
+    prompt: Option<String>,
+    /// Interactive chat.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// System prompt for chat.
+    #[arg(long)]
+    system: Option<String>,
+    /// Tokens to generate at most (default: until end of text or a full context).
+    #[arg(short = 'n', long = "n-predict")]
+    n_predict: Option<usize>,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long)]
+    temp: Option<f32>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    min_p: Option<f32>,
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    #[arg(long)]
+    repeat_last_n: Option<usize>,
+    /// Stop generating when this text appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Random seed for sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Context size in tokens (default: min(4096, training context); 0 = training context).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
+    /// Tokens per prefill chunk.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 32)]
+    batch_size: usize,
+    /// Kernel level: scalar, avx2, avx512, neon (default: the best this CPU has).
+    #[arg(long)]
+    kernels: Option<String>,
+    /// Read stdin as UTF-8 text and print its token ids as a JSON array.
+    #[arg(long, conflicts_with_all = ["detokenize", "token_ids"])]
+    tokenize: bool,
+    /// Read a JSON array of token ids from stdin and print the text.
+    #[arg(long, conflicts_with_all = ["tokenize", "token_ids"])]
+    detokenize: bool,
+    /// Scan every tensor for NaN/Inf and report; exit 1 if any holds one.
+    #[arg(long)]
+    check_tensors: bool,
+    /// Print the kernel level and the model config on stderr.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+}
+
+type Res<T> = Result<T, String>;
+
+fn main() -> ExitCode {
+    // A panic is a bug; still keep the one-line contract and an exit code below 128.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.to_string().replace('\n', " ");
+        eprintln!("error: internal error (a bug, please report): {msg}");
+        std::process::exit(1);
+    }));
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {first} (see --help)");
+            return ExitCode::from(1);
+        }
+    };
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Res<ExitCode> {
+    if let Some(t) = args.threads {
+        if t == 0 || t > 1024 {
+            return Err(format!("--threads {t} is outside 1..=1024"));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| format!("cannot start {t} threads: {e}"))?;
+    }
+    let level = qwen::kernels::select(args.kernels.as_deref())?;
+
+    let file = ModelFile::open(&args.model).map_err(|e| e.to_string())?;
+    let g = file.gguf().map_err(|e| e.to_string())?;
+
+    if args.check_tensors {
+        let bad = qwen::weights::scan_non_finite(&g).map_err(|e| e.to_string())?;
+        for b in &bad {
+            eprintln!(
+                "tensor {} ({}): {} NaN and {} Inf among {} values",
+                b.name, b.dtype, b.n_nan, b.n_inf, b.n_elements
+            );
+        }
+        if !bad.is_empty() {
+            return Err(format!(
+                "{} of {} tensors hold NaN/Inf values",
+                bad.len(),
+                g.tensors.len()
+            ));
+        }
+        eprintln!("all {} tensors are finite", g.tensors.len());
+        let other = args.token_ids.is_some()
+            || args.prompt.is_some()
+            || args.interactive
+            || args.tokenize
+            || args.detokenize;
+        if !other {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+
+    if args.tokenize || args.detokenize {
+        let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+        return tokenize_mode(&tok, args.tokenize).map(|()| ExitCode::SUCCESS);
+    }
+
+    let model = Model::load(&g).map_err(|e| e.to_string())?;
+    let cfg = &model.config;
+    if args.verbose {
+        eprintln!("kernels: {level}");
+        eprintln!(
+            "model: {} arch={} n_vocab={} n_embd={} n_layer={} n_head={} n_head_kv={} head_dim={} n_ff={} n_ctx_train={} rope_dim={} rope_base={} eps={} tied_output={}{}",
+            cfg.name.as_deref().unwrap_or("(unnamed)"),
+            cfg.arch.name(),
+            cfg.n_vocab,
+            cfg.n_embd,
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.n_head_kv,
+            cfg.head_dim,
+            cfg.n_ff,
+            cfg.n_ctx_train,
+            cfg.rope_dim,
+            cfg.rope_base,
+            cfg.norm_eps,
+            model.weights.tied,
+            if cfg.use_dynamic_ntk || cfg.use_logn_attn {
+                format!(
+                    " dynamic_ntk={} logn_attn={} seq_length={}",
+                    cfg.use_dynamic_ntk, cfg.use_logn_attn, cfg.qwen_seq_length
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    if args.batch_size == 0 || args.batch_size > 4096 {
+        return Err(format!(
+            "--batch-size {} is outside 1..=4096",
+            args.batch_size
+        ));
+    }
+
+    if let Some(ids) = &args.token_ids {
+        let out = args
+            .dump_logits
+            .as_ref()
+            .ok_or("--token-ids needs --dump-logits OUT.npy")?;
+        let ids = parse_ids(ids, cfg.n_vocab_embd)?;
+        let n_ctx = context_size(&args, cfg.n_ctx_train, ids.len())?;
+        return dump_logits(&model, &ids, n_ctx, args.batch_size, out).map(|()| ExitCode::SUCCESS);
+    }
+    if args.dump_logits.is_some() {
+        return Err("--dump-logits needs --token-ids".into());
+    }
+
+    let mode = args.mode.unwrap_or(Mode::Chat);
+    if mode == Mode::Generate {
+        if args.interactive {
+            return Err("--mode generate does not take -i (use --mode chat)".into());
+        }
+        let prompt = args
+            .prompt
+            .as_deref()
+            .ok_or("--mode generate needs -p PROMPT")?;
+        let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+        let n_ctx = context_size(&args, cfg.n_ctx_train, 0)?;
+        let params = sampler_params(&args, &g)?;
+        return generate(&model, &tok, &g, &args, prompt, n_ctx, params)
+            .map(|()| ExitCode::SUCCESS);
+    }
+
+    if !args.interactive && args.prompt.is_none() {
+        return Err(
+            "nothing to do: give -p PROMPT, -i, --token-ids, --tokenize, --detokenize or --check-tensors"
+                .into(),
+        );
+    }
+    let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+    let n_ctx = context_size(&args, cfg.n_ctx_train, 0)?;
+    let params = sampler_params(&args, &g)?;
+    chat(&model, &tok, &g, &args, n_ctx, params).map(|()| ExitCode::SUCCESS)
+}
+
+/// The context size: -c (0 = training context) or min(4096, training context),
+/// at least `min_needed` when -c is not given. Asking more than the model was
+/// trained on is allowed but said.
+fn context_size(args: &Args, n_ctx_train: usize, min_needed: usize) -> Res<usize> {
+    const MAX: usize = 1 << 20;
+    let n = match args.ctx_size {
+        Some(0) => n_ctx_train,
+        Some(c) => c,
+        None => n_ctx_train.min(4096).max(min_needed),
+    };
+    if n > MAX {
+        return Err(format!("--ctx-size {n} is above the limit {MAX}"));
+    }
+    if n > n_ctx_train {
+        eprintln!(
+            "warning: context size {n} exceeds the model's training context {n_ctx_train}; quality may drop past it"
+        );
+    }
+    Ok(n)
+}
+
+fn parse_ids(s: &str, n_vocab: usize) -> Res<Vec<u32>> {
+    let ids: Vec<u32> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<u32>()
+                .map_err(|_| format!("--token-ids: '{x}' is not a token id"))
+        })
+        .collect::<Res<_>>()?;
+    if ids.is_empty() {
+        return Err("--token-ids: no ids given".into());
+    }
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
+        return Err(format!(
+            "--token-ids: id {bad} is out of range (the model has {n_vocab} embeddings)"
+        ));
+    }
+    Ok(ids)
+}
+
+fn dump_logits(model: &Model, ids: &[u32], n_ctx: usize, batch: usize, out: &PathBuf) -> Res<()> {
+    let mut st = model.new_state(n_ctx, batch);
+    let t0 = Instant::now();
+    let logits = model
+        .forward(&mut st, ids, 0, true)
+        .map_err(|e| e.to_string())?;
+    let dt = t0.elapsed().as_secs_f64();
+    let f =
+        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    qwen::npy::write_f32(
+        io::BufWriter::new(f),
+        &[ids.len(), model.config.n_vocab],
+        logits,
+    )
+    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    eprintln!(
+        "evaluated {} tokens in {:.3} s ({:.1} tokens/s); logits [{}, {}] -> {}",
+        ids.len(),
+        dt,
+        ids.len() as f64 / dt.max(1e-9),
+        ids.len(),
+        model.config.n_vocab,
+        out.display()
+    );
+    Ok(())
+}
+
+fn tokenize_mode(tok: &Tokenizer, encode: bool) -> Res<()> {
+    let mut input = Vec::new();
+    io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| format!("cannot read stdin: {e}"))?;
+    let mut out = io::stdout().lock();
+    if encode {
+        let text = String::from_utf8(input).map_err(|e| {
+            format!(
+                "stdin is not valid UTF-8 (byte {})",
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        let ids = tok.encode(&text);
+        let json = serde_json::to_string(&ids).map_err(|e| e.to_string())?;
+        writeln!(out, "{json}").map_err(|e| format!("cannot write stdout: {e}"))?;
+    } else {
+        let ids: Vec<u32> = serde_json::from_slice(&input)
+            .map_err(|e| format!("stdin is not a JSON array of token ids: {e}"))?;
+        let text = tok.decode(&ids).map_err(|e| e.to_string())?;
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("cannot write stdout: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Generation defaults the file carries (qwen_rs.generation.*).
+fn file_defaults(g: &Gguf) -> Res<GenerationDefaults> {
+    let f = |k: &str| g.get_f32(k).map_err(|e| format!("metadata key '{k}': {e}"));
+    Ok(GenerationDefaults {
+        temperature: f("qwen_rs.generation.temperature")?,
+        top_p: f("qwen_rs.generation.top_p")?,
+        top_k: g
+            .get_u32("qwen_rs.generation.top_k")
+            .map_err(|e| format!("metadata key 'qwen_rs.generation.top_k': {e}"))?,
+        repetition_penalty: f("qwen_rs.generation.repetition_penalty")?,
+    })
+}
+
+/// File defaults overridden by the command line.
+fn sampler_params(args: &Args, g: &Gguf) -> Res<SamplerParams> {
+    let mut p = SamplerParams::with_file_defaults(&file_defaults(g)?);
+    if let Some(v) = args.temp {
+        p.temperature = v;
+    }
+    if let Some(v) = args.top_k {
+        p.top_k = v;
+    }
+    if let Some(v) = args.top_p {
+        p.top_p = v;
+    }
+    if let Some(v) = args.min_p {
+        p.min_p = v;
+    }
+    if let Some(v) = args.repeat_penalty {
+        p.repeat_penalty = v;
+    }
+    if let Some(v) = args.repeat_last_n {
+        p.repeat_last_n = v;
+    }
+    if let Some(v) = args.seed {
+        p.seed = v;
+    }
+    p.validate().map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+/// Ids that end generation: the tokenizer's eos ids (the file's eos and
+/// qwen_rs.generation.eos_token_ids), <|im_end|> and <|endoftext|>.
+fn stop_ids(tok: &Tokenizer) -> Vec<u32> {
+    let mut ids = tok.eos_ids().to_vec();
+    for s in ["<|im_end|>", "<|endoftext|>"] {
+        if let Some(id) = tok.token_to_id(s) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// Prints generated text as it completes, holding back any tail that may be
+/// the start of a --stop string. Returns true once a stop string appeared.
+struct StopWriter<'s> {
+    stops: &'s [String],
+    text: String,
+    printed: usize,
+}
+
+impl<'s> StopWriter<'s> {
+    fn push(&mut self, piece: &str, out: &mut impl Write) -> io::Result<bool> {
+        self.text.push_str(piece);
+        let search_from = self.printed;
+        let hit = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|k| search_from + k)
+            })
+            .min();
+        if let Some(k) = hit {
+            out.write_all(self.text[self.printed..k].as_bytes())?;
+            self.printed = k;
+            out.flush()?;
+            return Ok(true);
+        }
+        // Longest suffix of the unprinted text that is a proper prefix of a stop string.
+        let tail = &self.text[self.printed..];
+        let mut hold = 0;
+        for s in self.stops {
+            for (i, _) in tail.char_indices() {
+                let suffix = &tail[i..];
+                if s.starts_with(suffix) && suffix.len() > hold {
+                    hold = suffix.len();
+                    break;
+                }
+            }
+        }
+        let upto = self.text.len() - hold;
+        out.write_all(self.text[self.printed..upto].as_bytes())?;
+        self.printed = upto;
+        out.flush()?;
+        Ok(false)
+    }
+
+    fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(self.text[self.printed..].as_bytes())?;
+        self.printed = self.text.len();
+        out.flush()
+    }
+}
+
+fn generate(
+    model: &Model,
+    tok: &Tokenizer,
+    g: &Gguf,
+    args: &Args,
+    prompt: &str,
+    n_ctx: usize,
+    params: SamplerParams,
+) -> Res<()> {
+    let mut ids = Vec::new();
+    // Files from llama.cpp may ask for a BOS token (ours say add_bos_token=false).
+    let add_bos = g
+        .get_bool("tokenizer.ggml.add_bos_token")
+        .map_err(|e| format!("metadata key 'tokenizer.ggml.add_bos_token': {e}"))?
+        .unwrap_or(false);
+    if add_bos {
+        let bos = g
+            .get_u32("tokenizer.ggml.bos_token_id")
+            .map_err(|e| format!("metadata key 'tokenizer.ggml.bos_token_id': {e}"))?
+            .ok_or("the file asks for a BOS token but has no tokenizer.ggml.bos_token_id")?;
+        ids.push(bos);
+    }
+    ids.extend(tok.encode(prompt));
+    if ids.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    if ids.len() >= n_ctx {
+        return Err(format!(
+            "the prompt has {} tokens, the context holds {n_ctx} (raise --ctx-size)",
+            ids.len()
+        ));
+    }
+    let mut sampler = Sampler::new(params).map_err(|e| e.to_string())?;
+    let eos = stop_ids(tok);
+    let mut st = model.new_state(n_ctx, args.batch_size);
+
+    let t0 = Instant::now();
+    let mut logits = model
+        .forward(&mut st, &ids, 0, false)
+        .map_err(|e| e.to_string())?;
+    let t_prompt = t0.elapsed().as_secs_f64();
+    for &id in &ids {
+        sampler.accept(id);
+    }
+
+    let mut out = io::stdout().lock();
+    let mut dec = StreamDecoder::new();
+    let mut sw = StopWriter {
+        stops: &args.stop,
+        text: String::new(),
+        printed: 0,
+    };
+    let max_new = args.n_predict.unwrap_or(usize::MAX);
+    let mut pos = ids.len();
+    let mut n_gen = 0usize;
+    let t1 = Instant::now();
+    let mut reason = "limit -n";
+    while n_gen < max_new {
+        let id = sampler.sample(logits);
+        if eos.contains(&id) {
+            reason = "end of text";
+            break;
+        }
+        sampler.accept(id);
+        n_gen += 1;
+        let piece = dec.push(tok, id).map_err(|e| e.to_string())?;
+        if sw
+            .push(&piece, &mut out)
+            .map_err(|e| format!("cannot write stdout: {e}"))?
+        {
+            reason = "stop string";
+            break;
+        }
+        if n_gen == max_new {
+            break;
+        }
+        if pos >= n_ctx {
+            reason = "context full";
+            break;
+        }
+        logits = model
+            .forward(&mut st, &[id], pos, false)
+            .map_err(|e| e.to_string())?;
+        pos += 1;
+    }
+    if reason != "stop string" {
+        let rest = dec.finish();
+        sw.text.push_str(&rest);
+        sw.finish(&mut out)
+            .map_err(|e| format!("cannot write stdout: {e}"))?;
+    }
+    let t_gen = t1.elapsed().as_secs_f64();
+    eprintln!();
+    eprintln!(
+        "prompt: {} tokens in {:.3} s ({:.1} tokens/s); generation: {} tokens in {:.3} s ({:.1} tokens/s); stopped: {reason}",
+        ids.len(),
+        t_prompt,
+        ids.len() as f64 / t_prompt.max(1e-9),
+        n_gen,
+        t_gen,
+        n_gen as f64 / t_gen.max(1e-9),
+    );
+    Ok(())
+}
+
+/// One chat turn (-p without -i): the file's chat template (ChatML when it has
+/// none) around the system and user messages, then generation as in
+/// --mode generate, also stopping at <|im_end|>.
+fn chat(
+    model: &Model,
+    tok: &Tokenizer,
+    g: &Gguf,
+    args: &Args,
+    n_ctx: usize,
+    params: SamplerParams,
+) -> Res<()> {
+    use qwen::chat::{ChatTemplate, Message};
+    if args.interactive {
+        return Err("-i is not wired up yet in this build; use -p PROMPT for one turn".into());
+    }
+    let user = args.prompt.as_deref().ok_or("chat needs -p PROMPT or -i")?;
+    let tpl = ChatTemplate::from_gguf(g, tok).map_err(|e| e.to_string())?;
+    let mut msgs = Vec::new();
+    if let Some(s) = tpl
+        .initial_system(args.system.as_deref())
+        .map_err(|e| e.to_string())?
+    {
+        msgs.push(s);
+    }
+    msgs.push(Message::user(user));
+    let text = tpl.render(&msgs, true).map_err(|e| e.to_string())?;
+    generate(model, tok, g, args, &text, n_ctx, params)
+}
