@@ -19,6 +19,9 @@
 //! length mismatch there is a bug in the caller and panics; [`quantize`] and
 //! [`dequantize`] check lengths of user data and return a [`QuantError`].
 
+// Index loops mirror ggml's C so the port can be reviewed line by line.
+#![allow(clippy::needless_range_loop)]
+
 use crate::block::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8K, BlockQ8_0, BlockQ8_1, QK, QK_K,

@@ -42,14 +42,12 @@ impl B {
         }
         b.u32(tag).u64(offset)
     }
-    fn pad(mut self, align: usize) -> Self {
-        while self.0.len() % align != 0 {
-            self.0.push(0);
-        }
-        self
+    fn pad(self, align: usize) -> Self {
+        let n = (align - self.0.len() % align) % align;
+        self.zeros(n)
     }
     fn zeros(mut self, n: usize) -> Self {
-        self.0.extend(std::iter::repeat(0).take(n));
+        self.0.resize(self.0.len() + n, 0);
         self
     }
     fn len(&self) -> usize {
