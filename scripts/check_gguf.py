@@ -253,11 +253,14 @@ def check_hparams(reader, arch: str, cfg: dict, p: Problems) -> None:
         "block_count": cfg["num_hidden_layers"],
         "attention.head_count": cfg["num_attention_heads"],
     }
+    optional: dict = {}  # checked only when present
     if arch == "qwen":
         hd = cfg.get("kv_channels", cfg["hidden_size"] // cfg["num_attention_heads"])
+        # llama.cpp (convert_hf_to_gguf.py QwenModel) writes config's intermediate_size as it is, twice the real
+        # FFN width, and its loader halves it; ffn_up/ffn_gate shapes are checked against the tensors anyway.
+        optional["attention.head_count_kv"] = cfg["num_attention_heads"]
         want.update({
-            "feed_forward_length": cfg["intermediate_size"] // 2,
-            "attention.head_count_kv": cfg["num_attention_heads"],
+            "feed_forward_length": cfg["intermediate_size"],
             "rope.freq_base": cfg.get("rotary_emb_base", 10000.0),
             "attention.layer_norm_rms_epsilon": cfg["layer_norm_epsilon"],
             "rope.dimension_count": int(round(hd * cfg.get("rotary_pct", 1.0))),
@@ -273,8 +276,10 @@ def check_hparams(reader, arch: str, cfg: dict, p: Problems) -> None:
         if arch == "qwen3":
             hd = cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
             want.update({"attention.key_length": hd, "attention.value_length": hd})
-    for k, v in want.items():
+    for k, v in list(want.items()) + list(optional.items()):
         got = field(reader, f"{arch}.{k}")
+        if got is None and k in optional:
+            continue
         if got is None:
             p.add(f"metadata {arch}.{k} is missing (config.json says {v})")
         elif not close(got, v, rel=1e-6 if isinstance(v, int) else 1e-6):
