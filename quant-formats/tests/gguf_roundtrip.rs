@@ -240,6 +240,43 @@ fn writer_errors() {
         "all 1 declared tensors were already written; got an extra tensor 'c'"
     );
 
+    // chunked writes
+    let mut w = GgufWriter::new();
+    w.add_tensor("a", &[32, 3], GgmlType::Q8_0).unwrap();
+    w.add_tensor("z", &[32, 0], GgmlType::Q8_0).unwrap();
+    w.add_tensor("b", &[2], GgmlType::F32).unwrap();
+    let mut s = w.start(Vec::new()).unwrap();
+    s.write_tensor_chunk("a", &[1; 34]).unwrap();
+    s.write_tensor_chunk("a", &[2; 34]).unwrap();
+    let e = s.write_tensor("a", &[3; 34]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "tensor 'a' is incomplete: 68 of 102 bytes written"
+    );
+    let e = s.write_tensor_chunk("a", &[3; 35]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "tensor 'a' was declared as 102 bytes, got 103 bytes"
+    );
+    s.write_tensor_chunk("a", &[3; 34]).unwrap();
+    s.write_tensor_chunk("z", &[]).unwrap();
+    s.write_tensor_chunk("b", &[4; 4]).unwrap();
+    let e = s.finish().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "tensor 'b' is incomplete: 4 of 8 bytes written"
+    );
+    let mut w = GgufWriter::new();
+    w.add_tensor("a", &[32, 3], GgmlType::Q8_0).unwrap();
+    let mut s = w.start(Vec::new()).unwrap();
+    for part in [1u8, 2, 3] {
+        s.write_tensor_chunk("a", &[part; 34]).unwrap();
+    }
+    let f = s.finish().unwrap();
+    let g = Gguf::parse(&f).unwrap();
+    let expected: Vec<u8> = [1u8, 2, 3].iter().flat_map(|&p| [p; 34]).collect();
+    assert_eq!(g.tensor_bytes("a"), Some(&expected[..]));
+
     // declarations
     let mut w = GgufWriter::new();
     let e = w.add_tensor("x", &[33, 2], GgmlType::Q4_0).unwrap_err();

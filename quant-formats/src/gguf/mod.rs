@@ -500,6 +500,12 @@ pub enum GgufError {
     },
     #[error("all {declared} declared tensors were already written; got an extra tensor '{name}'")]
     ExtraTensor { declared: usize, name: String },
+    #[error("tensor '{name}' is incomplete: {written} of {expected} bytes written")]
+    IncompleteTensor {
+        name: String,
+        written: u64,
+        expected: u64,
+    },
     #[error("{} declared tensor(s) were never written: {}", missing.len(), missing.join(", "))]
     MissingTensors { missing: Vec<String> },
     #[error("I/O error while writing GGUF: {0}")]

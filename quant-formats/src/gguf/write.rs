@@ -136,6 +136,7 @@ impl GgufWriter {
             out,
             tensors: self.tensors,
             next: 0,
+            written: 0,
             alignment,
         })
     }
@@ -281,6 +282,8 @@ pub struct TensorStream<W: Write> {
     out: Counting<W>,
     tensors: Vec<TensorInfo>,
     next: usize,
+    /// Bytes of tensor `next` written so far (chunked writes).
+    written: u64,
     alignment: u64,
 }
 
@@ -298,6 +301,50 @@ impl<W: Write> TensorStream<W> {
     /// Write the next tensor's bytes (name and size must match the
     /// declaration) followed by zero padding to the alignment.
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<(), GgufError> {
+        let t = self.expect(name)?;
+        if self.written != 0 {
+            return Err(GgufError::IncompleteTensor {
+                name: name.to_string(),
+                written: self.written,
+                expected: t.n_bytes,
+            });
+        }
+        if t.n_bytes != bytes.len() as u64 {
+            return Err(GgufError::WrongTensorSize {
+                name: name.to_string(),
+                expected: t.n_bytes,
+                got: bytes.len() as u64,
+            });
+        }
+        self.write_tensor_chunk(name, bytes)
+    }
+
+    /// Write part of the next tensor (e.g. a few quantized rows at a time, so
+    /// a converter never holds a whole tensor). Once the declared size is
+    /// reached the padding is written and the stream moves to the next tensor;
+    /// going past the declared size is an error.
+    pub fn write_tensor_chunk(&mut self, name: &str, bytes: &[u8]) -> Result<(), GgufError> {
+        let n_bytes = self.expect(name)?.n_bytes;
+        let total = self.written + bytes.len() as u64;
+        if total > n_bytes {
+            return Err(GgufError::WrongTensorSize {
+                name: name.to_string(),
+                expected: n_bytes,
+                got: total,
+            });
+        }
+        self.out.write(bytes)?;
+        self.written = total;
+        if total == n_bytes {
+            self.out.pad(self.alignment)?;
+            self.next += 1;
+            self.written = 0;
+        }
+        Ok(())
+    }
+
+    /// The declaration of the tensor due next, if it is `name`.
+    fn expect(&self, name: &str) -> Result<&TensorInfo, GgufError> {
         let Some(t) = self.tensors.get(self.next) else {
             return Err(GgufError::ExtraTensor {
                 declared: self.tensors.len(),
@@ -310,21 +357,19 @@ impl<W: Write> TensorStream<W> {
                 got: name.to_string(),
             });
         }
-        if t.n_bytes != bytes.len() as u64 {
-            return Err(GgufError::WrongTensorSize {
-                name: name.to_string(),
-                expected: t.n_bytes,
-                got: bytes.len() as u64,
-            });
-        }
-        self.out.write(bytes)?;
-        self.out.pad(self.alignment)?;
-        self.next += 1;
-        Ok(())
+        Ok(t)
     }
 
     /// Check every declared tensor was written, flush, and return the writer.
     pub fn finish(self) -> Result<W, GgufError> {
+        if self.written > 0 {
+            let t = &self.tensors[self.next];
+            return Err(GgufError::IncompleteTensor {
+                name: t.name.clone(),
+                written: self.written,
+                expected: t.n_bytes,
+            });
+        }
         if self.next < self.tensors.len() {
             return Err(GgufError::MissingTensors {
                 missing: self.tensors[self.next..]
