@@ -135,3 +135,49 @@ fn unsupported_and_non_finite_are_errors() {
     dequantize(GgmlType::F16, &q, &mut y).unwrap();
     assert!(y[40].is_nan());
 }
+
+#[test]
+fn q8_1_sum_and_q8_k_bsums() {
+    use quant_formats::block::{BlockQ8K, BlockQ8_1};
+    use quant_formats::reference::{quantize_row_q8_1, quantize_row_q8_k};
+    let x = generate_data(2.0, 256);
+    let mut b = [BlockQ8_1::default(); 8];
+    quantize_row_q8_1(&x, &mut b);
+    for blk in &b {
+        let sum: i32 = blk.qs.iter().map(|&q| q as i32).sum();
+        // ggml: s = fp16(sum * d) with the f32 d before rounding to f16
+        let d = blk.d.to_f32();
+        assert!((blk.s.to_f32() - sum as f32 * d).abs() <= 1e-3 * (1.0 + (sum as f32 * d).abs()));
+    }
+    let mut k = [BlockQ8K::default()];
+    quantize_row_q8_k(&x, &mut k);
+    for (i, s) in k[0].bsums.iter().enumerate() {
+        let sum: i16 = k[0].qs[16 * i..16 * i + 16].iter().map(|&q| q as i16).sum();
+        assert_eq!(*s, sum);
+    }
+    assert!(k[0].qs.iter().any(|&q| q.unsigned_abs() == 127));
+}
+
+#[test]
+fn quantize_into_checks_the_buffer() {
+    use quant_formats::reference::quantize_into;
+    let x = generate_data(0.0, 64);
+    let mut out = vec![0u8; 35];
+    let e = quantize_into(GgmlType::Q4_0, &x, &mut out).unwrap_err();
+    assert_eq!(e.to_string(), "q4_0: 64 values take 36 bytes, got 35 bytes");
+    let mut out = vec![0u8; 36];
+    quantize_into(GgmlType::Q4_0, &x, &mut out).unwrap();
+    assert_eq!(out, quantize(GgmlType::Q4_0, &x).unwrap());
+}
+
+/// Blocks are independent: quantizing a tensor equals quantizing each block.
+#[test]
+fn blocks_are_independent() {
+    let x = generate_data(3.0, 1024);
+    for &(t, _, _) in BUDGETS {
+        let whole = quantize(t, &x).unwrap();
+        let bs = t.block_size();
+        let parts: Vec<u8> = x.chunks(bs).flat_map(|c| quantize(t, c).unwrap()).collect();
+        assert_eq!(whole, parts, "{t}");
+    }
+}

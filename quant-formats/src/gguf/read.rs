@@ -230,13 +230,20 @@ fn read_value(
                     left: c.left(),
                 });
             }
-            let mut items = Vec::with_capacity(len as usize);
+            let mut items = Vec::with_capacity(prealloc(len));
             for _ in 0..len {
                 items.push(read_value(c, elem, key, depth + 1, w)?);
             }
             Value::Array(elem, items)
         }
     })
+}
+
+/// Capacity to reserve for `n` declared entries: counts were checked against
+/// the bytes left, but a hostile file should not make us reserve memory for
+/// entries before their bytes were actually read.
+fn prealloc(n: u64) -> usize {
+    n.min(1 << 16) as usize
 }
 
 fn count_check(what: &'static str, count: u64, per: u64, left: u64) -> Result<(), GgufError> {
@@ -275,8 +282,8 @@ impl<'a> Gguf<'a> {
             list: Vec::new(),
             n: 0,
         };
-        let mut kv = Vec::with_capacity(n_kv as usize);
-        let mut kv_index = HashMap::with_capacity(n_kv as usize);
+        let mut kv = Vec::with_capacity(prealloc(n_kv));
+        let mut kv_index = HashMap::with_capacity(prealloc(n_kv));
         for i in 0..n_kv {
             let key = c.utf8(MAX_KEY_LEN, || format!("metadata key #{i}"))?;
             if key.is_empty() {
@@ -318,8 +325,8 @@ impl<'a> Gguf<'a> {
         };
 
         count_check("tensors", n_tensors, MIN_TENSOR_INFO_BYTES, c.left())?;
-        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(prealloc(n_tensors));
+        let mut tensor_index = HashMap::with_capacity(prealloc(n_tensors));
         for i in 0..n_tensors {
             let name = c.utf8(MAX_STRING_LEN, || format!("name of tensor #{i}"))?;
             if name.len() >= MAX_TENSOR_NAME {
