@@ -311,8 +311,14 @@ def check_tokenizer(reader, arch: str, hf_dir: Path, n_rows: int, p: Problems) -
             p.add(f"metadata {key} is missing")
     if field(reader, "tokenizer.ggml.model") not in (None, "gpt2"):
         p.add(f"tokenizer.ggml.model is {field(reader, 'tokenizer.ggml.model')!r}, expected 'gpt2'")
-    if field(reader, "tokenizer.ggml.pre") not in (None, "qwen2"):
-        p.add(f"tokenizer.ggml.pre is {field(reader, 'tokenizer.ggml.pre')!r}, expected 'qwen2'")
+    want_pre = "qwen2"
+    if arch != "qwen" and (hf_dir / "tokenizer.json").is_file():
+        # SmolLM2's pre-tokenizer (Digits then GPT-2's byte-level regex) is llama.cpp's "smollm".
+        pre_tok = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+        if any(x.get("type") == "Digits" for x in pre_tok.get("pretokenizers", [])):
+            want_pre = "smollm"
+    if field(reader, "tokenizer.ggml.pre") not in (None, want_pre):
+        p.add(f"tokenizer.ggml.pre is {field(reader, 'tokenizer.ggml.pre')!r}, expected {want_pre!r}")
     tokens = list(field(reader, "tokenizer.ggml.tokens") or [])
     types = [int(x) for x in (field(reader, "tokenizer.ggml.token_type") or [])]
     merges = list(field(reader, "tokenizer.ggml.merges") or [])
@@ -371,6 +377,17 @@ def check_tokenizer(reader, arch: str, hf_dir: Path, n_rows: int, p: Problems) -
             tc = json.loads(tc_path.read_text(encoding="utf-8"))
             if tc.get("chat_template") and field(reader, "tokenizer.chat_template") != tc["chat_template"]:
                 p.add("tokenizer.chat_template differs from tokenizer_config.json's chat_template")
+    # Qwen-1's tokenizer and tokenizer.json's {"type": "NFC"} normalizer both apply NFC before splitting.
+    if arch == "qwen":
+        nfc = True
+    else:
+        norm = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8")).get("normalizer") or {}
+        nfc = norm.get("type") == "NFC"
+    got_norm = field(reader, "qwen_rs.tokenizer.normalizer")
+    if nfc and got_norm != "NFC":
+        p.add(f"qwen_rs.tokenizer.normalizer is {got_norm!r}; the source tokenizer applies NFC")
+    elif not nfc and got_norm is not None:
+        p.add(f"qwen_rs.tokenizer.normalizer is {got_norm!r}; the source tokenizer has no normalizer")
     for i, t in enumerate(types):
         if t not in (1, 2, 3, 4, 5, 6):
             p.add(f"token {i} has type {t}, not a llama_token_type")
