@@ -3,7 +3,10 @@
 //! A line-by-line port of the `*_ref` quantizers and `dequantize_row_*`
 //! functions of ggml (`ggml/src/ggml-quants.c` in ggml-org/llama.cpp), with the
 //! same float operations in the same order, so the same input gives the same
-//! bytes as ggml on every machine. Notes on the port:
+//! bytes as ggml on every machine. `tests/golden.rs` holds this to bit
+//! equality against ggml's C (every quantizer here, K-quants included) and
+//! against the `gguf` PyPI package (legacy quantizers, K-quant dequantizers).
+//! Notes on the port:
 //! - f32 -> f16 is round-to-nearest-even (`half::f16::from_f32`, as ggml's
 //!   `GGML_FP32_TO_FP16`); f32 -> bf16 is ggml's `ggml_compute_fp32_to_bf16`
 //!   (round-to-nearest-even, NaN made quiet, subnormals kept).
