@@ -9,7 +9,7 @@
 //! zero padding to `general.alignment` (u32, default 32)
 //! data section: tensor bytes at their offsets (each a multiple of the alignment)
 //! ```
-//! What the reader accepts, beyond ggml's own checks, is in [`read`]'s docs.
+//! What the reader accepts, beyond ggml's own checks, is documented on [`Gguf::parse`].
 
 mod read;
 mod write;

@@ -1,25 +1,4 @@
-//! The validating zero-copy reader.
-//!
-//! [`Gguf::parse`] checks everything before any tensor slice is handed out:
-//! - magic "GGUF"; version 2 or 3 (v1, whose counts are u32, is refused with its
-//!   own message; a byte-swapped version is reported as a big-endian file);
-//! - tensor and key counts against the fewest bytes each entry can take in the
-//!   bytes that follow (so a count of 2^63 fails at once, before any allocation);
-//! - every string length against the bytes left and a cap ([`MAX_KEY_LEN`] for
-//!   keys, [`MAX_STRING_LEN`] otherwise); array lengths against the bytes left
-//!   and [`MAX_ARRAY_LEN`]; arrays nested at most [`MAX_ARRAY_DEPTH`] deep (ggml
-//!   itself refuses nested arrays; the spec allows them);
-//! - keys non-empty, unique and UTF-8; string values UTF-8. Strings *inside
-//!   arrays* that are not UTF-8 (rare tokenizer dumps) are decoded lossily
-//!   (U+FFFD) and each such case is reported in [`Gguf::warnings`], so nothing is
-//!   changed silently; bool bytes must be 0 or 1;
-//! - `general.alignment`, when present, a u32 power of two up to `MAX_ALIGNMENT`;
-//! - tensor names unique, UTF-8 and shorter than 64 bytes (ggml's `GGML_MAX_NAME`);
-//!   at most 4 dims, each may be 0 (as in ggml), element count below 2^63; a
-//!   known type tag; row length a multiple of the block size;
-//! - each tensor offset a multiple of the alignment, its bytes inside the file,
-//!   and no two tensors overlapping. (ggml additionally wants tensors packed in
-//!   file order; we accept gaps and any order, which is a superset.)
+//! The validating zero-copy reader; the checks are listed on [`Gguf::parse`].
 
 use super::{
     tensor_size, GgufError, TensorInfo, Value, ValueType, DEFAULT_ALIGNMENT, GGUF_MAGIC,
@@ -49,7 +28,6 @@ const MIN_KV_BYTES: u64 = 14;
 const MIN_TENSOR_INFO_BYTES: u64 = 24;
 
 /// A parsed GGUF file borrowing its bytes (typically an mmap).
-#[derive(Debug)]
 pub struct Gguf<'a> {
     pub version: u32,
     /// `general.alignment` or 32.
@@ -64,6 +42,21 @@ pub struct Gguf<'a> {
     kv_index: HashMap<String, usize>,
     tensor_index: HashMap<String, usize>,
     bytes: &'a [u8],
+}
+
+/// Debug shows the header and tables, not the (possibly gigabytes of) bytes.
+impl std::fmt::Debug for Gguf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gguf")
+            .field("version", &self.version)
+            .field("alignment", &self.alignment)
+            .field("data_offset", &self.data_offset)
+            .field("file_len", &self.bytes.len())
+            .field("kv", &self.kv)
+            .field("tensors", &self.tensors)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 /// A bounds-checked little-endian reader over the file.
@@ -259,7 +252,27 @@ fn count_check(what: &'static str, count: u64, per: u64, left: u64) -> Result<()
 }
 
 impl<'a> Gguf<'a> {
-    /// Parse and validate a whole GGUF file held in `bytes`.
+    /// Parse and validate a whole GGUF file held in `bytes`. Everything is
+    /// checked before any tensor slice is handed out:
+    /// - magic "GGUF"; version 2 or 3 (v1, whose counts are u32, is refused with its
+    ///   own message; a byte-swapped version is reported as a big-endian file);
+    /// - tensor and key counts against the fewest bytes each entry can take in the
+    ///   bytes that follow (so a count of 2^63 fails at once, before any allocation);
+    /// - every string length against the bytes left and a cap ([`MAX_KEY_LEN`] for
+    ///   keys, [`MAX_STRING_LEN`] otherwise); array lengths against the bytes left
+    ///   and [`MAX_ARRAY_LEN`]; arrays nested at most [`MAX_ARRAY_DEPTH`] deep (ggml
+    ///   itself refuses nested arrays; the spec allows them);
+    /// - keys non-empty, unique and UTF-8; string values UTF-8. Strings *inside
+    ///   arrays* that are not UTF-8 (rare tokenizer dumps) are decoded lossily
+    ///   (U+FFFD) and each such case is reported in [`Gguf::warnings`], so nothing is
+    ///   changed silently; bool bytes must be 0 or 1;
+    /// - `general.alignment`, when present, a u32 power of two up to [`MAX_ALIGNMENT`](super::MAX_ALIGNMENT);
+    /// - tensor names unique, UTF-8 and shorter than 64 bytes (ggml's `GGML_MAX_NAME`);
+    ///   at most 4 dims, each may be 0 (as in ggml), element count below 2^63; a
+    ///   known type tag; row length a multiple of the block size;
+    /// - each tensor offset a multiple of the alignment, its bytes inside the file,
+    ///   and no two tensors overlapping. (ggml additionally wants tensors packed in
+    ///   file order; we accept gaps and any order, which is a superset.)
     pub fn parse(bytes: &'a [u8]) -> Result<Gguf<'a>, GgufError> {
         let mut c = Cursor { b: bytes, pos: 0 };
         let magic: [u8; 4] = c.array(|| "magic".to_string())?;
