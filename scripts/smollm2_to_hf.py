@@ -61,6 +61,11 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's LlamaModel.permute (convert_hf_to_gguf.py), used only to prove unpermute inverts it."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def dequant(t) -> np.ndarray:
     """A GGUF tensor as float32 in numpy (HF) order: [ne1, ne0] for a matrix."""
     shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # ggml dims are innermost first
@@ -302,10 +307,12 @@ def convert(gguf_path: Path, out: Path) -> None:
             writer.write(name, np.zeros(src.n, dtype=np.float32))
             continue
         w = dequant(src)
-        if src.name.endswith("attn_q.weight"):
-            w = unpermute(w, n_head)  # [n_head*head_dim, n_embd]
-        elif src.name.endswith("attn_k.weight"):
-            w = unpermute(w, n_head_kv)  # [n_head_kv*head_dim, n_embd]
+        heads = {"attn_q.weight": n_head, "attn_k.weight": n_head_kv}.get(src.name.split(".", 2)[-1])
+        if heads is not None:
+            u = unpermute(w, heads)  # [heads*head_dim, n_embd]
+            if not np.array_equal(permute(u, heads), w):
+                raise ConvertError(f"tensor {src.name}: unpermute is not the inverse of llama.cpp's permute")
+            w = u
         if not np.isfinite(w).all():
             raise ConvertError(f"tensor {src.name} holds NaN or Inf after dequantization")
         writer.write(name, w)
