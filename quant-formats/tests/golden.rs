@@ -247,7 +247,7 @@ fn real_llama_cpp_file_matches_gguf_py() {
     assert!(g.warnings.is_empty(), "{:?}", g.warnings);
 }
 
-/// Same as `special` in golden/ggml_ref.c: a zero block, a constant block and
+/// The same special input the ggml goldens were made from: a zero block, a constant block and
 /// a block with one spike (256 values each).
 fn special_input() -> Vec<f32> {
     let mut x = vec![0f32; 768];
@@ -257,7 +257,7 @@ fn special_input() -> Vec<f32> {
 }
 
 /// Our quantizers give the same bytes as ggml's C `quantize_row_*_ref`
-/// (compiled from ggml by golden/ggml_ref.c), K-quants included.
+/// (see golden/ggml_goldens.rs), K-quants included.
 #[test]
 fn quantize_matches_ggml_c() {
     for &(name, seed, n, hash) in ggml_goldens::GGML_REF {
