@@ -7,9 +7,9 @@
 //! weight block is read from memory once per block of tokens (prefill is a GEMM,
 //! decode a streaming GEMV).
 
-use crate::kernels::{self, Kernels, TileFn, MAX_TILE_TOKENS};
+use crate::kernels::{self, act_groups, ActQ8x4, Kernels, MAX_TILE_TOKENS};
 use half::{bf16, f16};
-use quant_formats::block::{BlockQ8_0, BlockQ8_1, QK};
+use quant_formats::block::QK;
 use quant_formats::GgmlType;
 use rayon::prelude::*;
 
@@ -97,15 +97,13 @@ impl<'a> QMatrix<'a> {
 }
 
 /// Quantized activations, allocated once at load: room for `max_tokens` rows of
-/// `max_cols` values in q8_0 and in q8_1.
+/// `max_cols` values (q8_0 and q8_1 data at once, see [`ActQ8x4`]).
 #[derive(Debug, Clone)]
 pub struct MatmulScratch {
     max_tokens: usize,
     max_cols: usize,
-    /// [max_tokens, max_cols / 32]
-    q8_0: Vec<BlockQ8_0>,
-    /// [max_tokens, max_cols / 32]
-    q8_1: Vec<BlockQ8_1>,
+    /// [max_tokens, act_groups(max_cols / 32)]
+    acts: Vec<ActQ8x4>,
 }
 
 impl MatmulScratch {
@@ -113,12 +111,11 @@ impl MatmulScratch {
     /// rounds); `max_cols`: the widest matrix row.
     pub fn new(max_tokens: usize, max_cols: usize) -> Self {
         let max_tokens = max_tokens.max(1);
-        let nb = max_cols.div_ceil(QK);
+        let ng = act_groups(max_cols.div_ceil(QK));
         Self {
             max_tokens,
             max_cols,
-            q8_0: vec![BlockQ8_0::default(); max_tokens * nb],
-            q8_1: vec![BlockQ8_1::default(); max_tokens * nb],
+            acts: vec![ActQ8x4::default(); max_tokens * ng],
         }
     }
 }
@@ -157,59 +154,14 @@ pub fn matmul_with(
     }
     let plan = Plan::new(k, rows, cols, n_tok);
     match w.dtype {
-        GgmlType::F32 => plan.run(k.f32, cast(w), x, y, n_tok),
-        GgmlType::F16 => plan.run(k.f16, cast::<f16>(w), x, y, n_tok),
-        GgmlType::Bf16 => plan.run(k.bf16, cast::<bf16>(w), x, y, n_tok),
-        GgmlType::Q8_0 => plan.run_q(
-            k.q8_0,
-            k.quantize_q8_0,
-            cast(w),
-            x,
-            y,
-            n_tok,
-            scratch,
-            |s| &mut s.q8_0,
-        ),
-        GgmlType::Q4_0 => plan.run_q(
-            k.q4_0,
-            k.quantize_q8_0,
-            cast(w),
-            x,
-            y,
-            n_tok,
-            scratch,
-            |s| &mut s.q8_0,
-        ),
-        GgmlType::Q5_0 => plan.run_q(
-            k.q5_0,
-            k.quantize_q8_0,
-            cast(w),
-            x,
-            y,
-            n_tok,
-            scratch,
-            |s| &mut s.q8_0,
-        ),
-        GgmlType::Q4_1 => plan.run_q(
-            k.q4_1,
-            k.quantize_q8_1,
-            cast(w),
-            x,
-            y,
-            n_tok,
-            scratch,
-            |s| &mut s.q8_1,
-        ),
-        GgmlType::Q5_1 => plan.run_q(
-            k.q5_1,
-            k.quantize_q8_1,
-            cast(w),
-            x,
-            y,
-            n_tok,
-            scratch,
-            |s| &mut s.q8_1,
-        ),
+        GgmlType::F32 => plan.run(k.f32, cast(w), cols, x, y, n_tok),
+        GgmlType::F16 => plan.run(k.f16, cast::<f16>(w), cols, x, y, n_tok),
+        GgmlType::Bf16 => plan.run(k.bf16, cast::<bf16>(w), cols, x, y, n_tok),
+        GgmlType::Q8_0 => plan.run_q(k.q8_0, k.quantize, cast(w), x, y, n_tok, scratch),
+        GgmlType::Q4_0 => plan.run_q(k.q4_0, k.quantize, cast(w), x, y, n_tok, scratch),
+        GgmlType::Q5_0 => plan.run_q(k.q5_0, k.quantize, cast(w), x, y, n_tok, scratch),
+        GgmlType::Q4_1 => plan.run_q(k.q4_1, k.quantize, cast(w), x, y, n_tok, scratch),
+        GgmlType::Q5_1 => plan.run_q(k.q5_1, k.quantize, cast(w), x, y, n_tok, scratch),
         other => panic!("matmul: type {other} passed QMatrix::new but has no kernel"),
     }
 }
@@ -246,16 +198,15 @@ impl Plan {
 
     /// Quantizes `x` ([n_tok, cols]) into the scratch in rounds of its `max_tokens`, then runs.
     #[allow(clippy::too_many_arguments)]
-    fn run_q<W: Sync, A: Sync + Send>(
+    fn run_q<W: Sync>(
         &self,
-        tile: TileFn<W, A>,
-        quantize: fn(&[f32], &mut [A]),
+        tile: fn(&[W], &[ActQ8x4], &mut [f32]),
+        quantize: fn(&[f32], &mut [ActQ8x4]),
         w: &[W],
         x: &[f32],
         y: &mut [f32],
         n_tok: usize,
         scratch: &mut MatmulScratch,
-        buf: impl Fn(&mut MatmulScratch) -> &mut Vec<A>,
     ) {
         let cols = x.len() / n_tok;
         assert!(
@@ -263,35 +214,46 @@ impl Plan {
             "matmul: row length {cols} exceeds the scratch's max_cols {}",
             scratch.max_cols
         );
-        let nb = cols / QK;
+        let ng = act_groups(cols / QK);
         let rows = y.len() / n_tok;
         let step = scratch.max_tokens;
-        let acts = buf(scratch);
+        let acts = &mut scratch.acts;
         for t0 in (0..n_tok).step_by(step) {
             let nt = step.min(n_tok - t0);
-            let q = &mut acts[..nt * nb];
+            let q = &mut acts[..nt * ng];
             let xs = &x[t0 * cols..(t0 + nt) * cols];
             if self.parallel && nt > 1 {
-                q.par_chunks_mut(nb)
+                q.par_chunks_mut(ng)
                     .zip(xs.par_chunks(cols))
                     .for_each(|(qt, xt)| quantize(xt, qt));
             } else {
-                quantize(xs, q);
+                for (qt, xt) in q.chunks_mut(ng).zip(xs.chunks(cols)) {
+                    quantize(xt, qt);
+                }
             }
-            self.run(tile, w, q, &mut y[t0 * rows..(t0 + nt) * rows], nt);
+            self.run(
+                tile,
+                w,
+                cols / QK,
+                q,
+                &mut y[t0 * rows..(t0 + nt) * rows],
+                nt,
+            );
         }
     }
 
-    /// `y` ([n_tok, rows]) from weights `w` ([rows, nb]) and activations `acts` ([n_tok, nb]).
+    /// `y` ([n_tok, rows]) from weights `w` ([rows, nb]) and activations `acts`
+    /// ([n_tok, per_tok]: f32 values, or q8 groups of 4 blocks).
     fn run<W: Sync, A: Sync>(
         &self,
-        tile: TileFn<W, A>,
+        tile: fn(&[W], &[A], &mut [f32]),
         w: &[W],
+        nb: usize,
         acts: &[A],
         y: &mut [f32],
         n_tok: usize,
     ) {
-        let nb = acts.len() / n_tok;
+        let per_tok = acts.len() / n_tok;
         let rows = y.len() / n_tok;
         debug_assert_eq!(w.len(), rows * nb);
         let tile_t = self.tile_t;
@@ -303,7 +265,7 @@ impl Plan {
                 let mut t0 = 0;
                 while t0 < n_tok {
                     let nt = tile_t.min(n_tok - t0);
-                    tile(wr, &acts[t0 * nb..(t0 + nt) * nb], &mut buf[..nt]);
+                    tile(wr, &acts[t0 * per_tok..(t0 + nt) * per_tok], &mut buf[..nt]);
                     out.write(r, t0, &buf[..nt]);
                     t0 += nt;
                 }

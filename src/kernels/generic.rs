@@ -8,24 +8,23 @@
 //! dotted with f32 activations; ggml instead rounds the activations to f16/bf16
 //! first, so ours is the more exact of the two.
 
-use super::Kernels;
+use super::{act_groups, ActQ8x4, Kernels};
 use half::{bf16, f16};
-use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
 
 /// The scalar dispatch table.
 pub static SCALAR: Kernels = Kernels {
     name: "scalar",
     tile_tokens: 4,
-    quantize_q8_0: quantize_row_q8_0,
-    quantize_q8_1: quantize_row_q8_1,
-    q4_0: tile_q4_0_q8_0,
-    q4_1: tile_q4_1_q8_1,
-    q5_0: tile_q5_0_q8_0,
-    q5_1: tile_q5_1_q8_1,
-    q8_0: tile_q8_0_q8_0,
-    f32: tile_f32_f32,
-    f16: tile_f16_f32,
-    bf16: tile_bf16_f32,
+    quantize: quantize_q8,
+    q4_0: tile_q4_0,
+    q4_1: tile_q4_1,
+    q5_0: tile_q5_0,
+    q5_1: tile_q5_1,
+    q8_0: tile_q8_0,
+    f32: tile_f32,
+    f16: tile_f16,
+    bf16: tile_bf16,
 };
 
 /// `MAX(a, b)` as ggml's macro: `a > b ? a : b` (a NaN `b` wins, as with `maxps`).
@@ -38,142 +37,124 @@ fn ggml_max(a: f32, b: f32) -> f32 {
     }
 }
 
-/// Absolute maximum of one block, in ggml's order.
+/// One block as `quantize_row_q8_1_ref` does it: (d, codes, s), `d` and `s` already
+/// rounded to f16 and widened back. The q8_0 part (d, codes) is `quantize_row_q8_0_ref`.
+pub fn quantize_block(xb: &[f32]) -> (f32, [i8; 32], f32) {
+    assert_eq!(xb.len(), QK);
+    let amax = xb.iter().fold(0.0f32, |m, v| ggml_max(m, v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let qs: [i8; 32] = std::array::from_fn(|j| (xb[j] * id).round() as i8);
+    let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+    (
+        f16::from_f32(d).to_f32(),
+        qs,
+        f16::from_f32(sum as f32 * d).to_f32(),
+    )
+}
+
+/// Stores block `b` (< 4) of a group; `sum` = sum of `qs`.
+pub fn store_block(g: &mut ActQ8x4, b: usize, d: f32, qs: &[i8; 32], sum: i32, s: f32) {
+    g.lo[16 * b..16 * b + 16].copy_from_slice(&qs[..16]);
+    g.hi[16 * b..16 * b + 16].copy_from_slice(&qs[16..]);
+    g.bias[4 * b] = -8 * sum;
+    g.d[b] = d;
+    g.s[b] = s;
+}
+
+/// Activations -> q8 groups; `x`: [32 * nb], `y`: [act_groups(nb)]; blocks past nb zeroed.
+pub fn quantize_q8(x: &[f32], y: &mut [ActQ8x4]) {
+    let nb = x.len() / QK;
+    assert!(
+        x.len() % QK == 0 && y.len() == act_groups(nb),
+        "quantize: {} values into {} groups of 4 blocks of 32",
+        x.len(),
+        y.len()
+    );
+    for (g, xg) in y.iter_mut().zip(x.chunks(4 * QK)) {
+        *g = ActQ8x4::default();
+        for (b, xb) in xg.chunks_exact(QK).enumerate() {
+            let (d, qs, s) = quantize_block(xb);
+            let sum = qs.iter().map(|&q| q as i32).sum();
+            store_block(g, b, d, &qs, sum, s);
+        }
+    }
+}
+
+/// Σ w_j · y_j over one block with integer weights `wq` (element order).
 #[inline]
-fn block_amax(x: &[f32]) -> f32 {
-    x.iter().fold(0.0f32, |m, v| ggml_max(m, v.abs()))
+fn isum(wq: &[i32; 32], y: &[i8; 32]) -> i32 {
+    wq.iter().zip(y).map(|(&a, &b)| a * b as i32).sum()
 }
 
-/// Activations -> q8_0, exactly `quantize_row_q8_0_ref`. `x`: [32 * y.len()].
-pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
-    assert_eq!(
-        x.len(),
-        y.len() * QK,
-        "q8_0: x has {} values for {} blocks",
-        x.len(),
-        y.len()
-    );
-    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
-        let amax = block_amax(xb);
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        yb.d = f16::from_f32(d);
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
-        }
+/// Codes of a q4 block in element order (low nibbles, then high), plus `qh` bit 4 for q5.
+#[inline]
+fn codes4(qs: &[u8; 16], qh: u32) -> [i32; 32] {
+    std::array::from_fn(|j| {
+        let nib = if j < 16 {
+            qs[j] & 0x0F
+        } else {
+            qs[j - 16] >> 4
+        };
+        nib as i32 | ((((qh >> j) & 1) << 4) as i32)
+    })
+}
+
+/// Runs `f(weight block, act group, index in group)` over a row.
+#[inline]
+fn blocks<W>(w: &[W], x: &[ActQ8x4], mut f: impl FnMut(&W, &ActQ8x4, usize)) {
+    for (i, wb) in w.iter().enumerate() {
+        f(wb, &x[i / 4], i % 4);
     }
 }
 
-/// Activations -> q8_1, exactly `quantize_row_q8_1_ref` (`s = d * sum(qs)` with the
-/// unrounded f32 `d`). `x`: [32 * y.len()].
-pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
-    assert_eq!(
-        x.len(),
-        y.len() * QK,
-        "q8_1: x has {} values for {} blocks",
-        x.len(),
-        y.len()
-    );
-    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
-        let amax = block_amax(xb);
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        yb.d = f16::from_f32(d);
-        let mut sum = 0i32;
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
-        }
-        yb.s = f16::from_f32(sum as f32 * d);
-    }
-}
-
-/// q4_0 · q8_0 (`ggml_vec_dot_q4_0_q8_0_generic`).
-pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
-    debug_assert_eq!(w.len(), x.len());
+/// q4_0 · q8_0 (`ggml_vec_dot_q4_0_q8_0_generic`: sumi * d_w * d_x per block).
+pub fn vec_dot_q4_0(w: &[BlockQ4_0], x: &[ActQ8x4]) -> f32 {
     let mut sumf = 0.0f32;
-    for (a, b) in w.iter().zip(x) {
-        let (mut s0, mut s1) = (0i32, 0i32);
-        for j in 0..QK / 2 {
-            let v0 = (a.qs[j] & 0x0F) as i32 - 8;
-            let v1 = (a.qs[j] >> 4) as i32 - 8;
-            s0 += v0 * b.qs[j] as i32;
-            s1 += v1 * b.qs[j + QK / 2] as i32;
-        }
-        sumf += (s0 + s1) as f32 * a.d.to_f32() * b.d.to_f32();
-    }
+    blocks(w, x, |a, g, b| {
+        let q = codes4(&a.qs, 0).map(|v| v - 8);
+        sumf += isum(&q, &g.codes(b)) as f32 * a.d.to_f32() * g.d[b];
+    });
     sumf
 }
 
-/// q4_1 · q8_1 (`ggml_vec_dot_q4_1_q8_1_generic`).
-pub fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
-    debug_assert_eq!(w.len(), x.len());
+/// q4_1 · q8_1 (`ggml_vec_dot_q4_1_q8_1_generic`: (d_w d_x) sumi + m s).
+pub fn vec_dot_q4_1(w: &[BlockQ4_1], x: &[ActQ8x4]) -> f32 {
     let mut sumf = 0.0f32;
-    for (a, b) in w.iter().zip(x) {
-        let (mut s0, mut s1) = (0i32, 0i32);
-        for j in 0..QK / 2 {
-            let v0 = (a.qs[j] & 0x0F) as i32;
-            let v1 = (a.qs[j] >> 4) as i32;
-            s0 += v0 * b.qs[j] as i32;
-            s1 += v1 * b.qs[j + QK / 2] as i32;
-        }
-        sumf += (a.d.to_f32() * b.d.to_f32()) * (s0 + s1) as f32 + a.m.to_f32() * b.s.to_f32();
-    }
+    blocks(w, x, |a, g, b| {
+        let q = codes4(&a.qs, 0);
+        sumf += (a.d.to_f32() * g.d[b]) * isum(&q, &g.codes(b)) as f32 + a.m.to_f32() * g.s[b];
+    });
     sumf
 }
 
 /// q5_0 · q8_0 (`ggml_vec_dot_q5_0_q8_0_generic`).
-pub fn vec_dot_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
-    debug_assert_eq!(w.len(), x.len());
+pub fn vec_dot_q5_0(w: &[BlockQ5_0], x: &[ActQ8x4]) -> f32 {
     let mut sumf = 0.0f32;
-    for (a, b) in w.iter().zip(x) {
-        let qh = u32::from_le_bytes(a.qh);
-        let (mut s0, mut s1) = (0i32, 0i32);
-        for j in 0..QK / 2 {
-            let h0 = (((qh >> j) & 1) << 4) as u8;
-            let h1 = (((qh >> (j + 16)) & 1) << 4) as u8;
-            let v0 = ((a.qs[j] & 0x0F) | h0) as i32 - 16;
-            let v1 = ((a.qs[j] >> 4) | h1) as i32 - 16;
-            s0 += v0 * b.qs[j] as i32;
-            s1 += v1 * b.qs[j + QK / 2] as i32;
-        }
-        sumf += (a.d.to_f32() * b.d.to_f32()) * (s0 + s1) as f32;
-    }
+    blocks(w, x, |a, g, b| {
+        let q = codes4(&a.qs, u32::from_le_bytes(a.qh)).map(|v| v - 16);
+        sumf += (a.d.to_f32() * g.d[b]) * isum(&q, &g.codes(b)) as f32;
+    });
     sumf
 }
 
 /// q5_1 · q8_1 (`ggml_vec_dot_q5_1_q8_1_generic`).
-pub fn vec_dot_q5_1_q8_1(w: &[BlockQ5_1], x: &[BlockQ8_1]) -> f32 {
-    debug_assert_eq!(w.len(), x.len());
+pub fn vec_dot_q5_1(w: &[BlockQ5_1], x: &[ActQ8x4]) -> f32 {
     let mut sumf = 0.0f32;
-    for (a, b) in w.iter().zip(x) {
-        let qh = u32::from_le_bytes(a.qh);
-        let (mut s0, mut s1) = (0i32, 0i32);
-        for j in 0..QK / 2 {
-            let h0 = (((qh >> j) & 1) << 4) as u8;
-            let h1 = (((qh >> (j + 16)) & 1) << 4) as u8;
-            let v0 = ((a.qs[j] & 0x0F) | h0) as i32;
-            let v1 = ((a.qs[j] >> 4) | h1) as i32;
-            s0 += v0 * b.qs[j] as i32;
-            s1 += v1 * b.qs[j + QK / 2] as i32;
-        }
-        sumf += (a.d.to_f32() * b.d.to_f32()) * (s0 + s1) as f32 + a.m.to_f32() * b.s.to_f32();
-    }
+    blocks(w, x, |a, g, b| {
+        let q = codes4(&a.qs, u32::from_le_bytes(a.qh));
+        sumf += (a.d.to_f32() * g.d[b]) * isum(&q, &g.codes(b)) as f32 + a.m.to_f32() * g.s[b];
+    });
     sumf
 }
 
-/// q8_0 · q8_0 (`ggml_vec_dot_q8_0_q8_0_generic`).
-pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-    debug_assert_eq!(w.len(), x.len());
+/// q8_0 · q8_0 (`ggml_vec_dot_q8_0_q8_0_generic`: sumi * (d_w * d_x)).
+pub fn vec_dot_q8_0(w: &[BlockQ8_0], x: &[ActQ8x4]) -> f32 {
     let mut sumf = 0.0f32;
-    for (a, b) in w.iter().zip(x) {
-        let s: i32 =
-            a.qs.iter()
-                .zip(&b.qs)
-                .map(|(&p, &q)| p as i32 * q as i32)
-                .sum();
-        sumf += s as f32 * (a.d.to_f32() * b.d.to_f32());
-    }
+    blocks(w, x, |a, g, b| {
+        let q = a.qs.map(|v| v as i32);
+        sumf += isum(&q, &g.codes(b)) as f32 * (a.d.to_f32() * g.d[b]);
+    });
     sumf
 }
 
@@ -219,29 +200,36 @@ pub fn vec_dot_bf16_f32(w: &[bf16], x: &[f32]) -> f32 {
     dot_widened(w, x, bf16::to_f32)
 }
 
-/// A tile kernel from a dot product: `out[t] = dot(w, x[t])`, `x`: [out.len(), w.len()].
+/// A tile kernel from a dot product: `out[t] = dot(w, x[t])`.
 macro_rules! tile_from_dot {
-    ($name:ident, $dot:ident, $w:ty, $a:ty) => {
-        #[doc = concat!("Tile of `", stringify!($dot), "`: `out[t] = dot(w, x[t])`; `w`: [nb], `x`: [out.len(), nb].")]
+    ($name:ident, $dot:ident, $w:ty, $a:ty, $per_row:expr) => {
+        #[doc = concat!("Tile of `", stringify!($dot), "`: `out[t] = dot(w, x[t])`.")]
         pub fn $name(w: &[$w], x: &[$a], out: &mut [f32]) {
-            let nb = w.len();
-            assert_eq!(x.len(), nb * out.len(), "tile: x has {} blocks, want {} x {}", x.len(), out.len(), nb);
-            if nb == 0 {
+            let per_row: usize = $per_row(w.len());
+            assert_eq!(
+                x.len(),
+                per_row * out.len(),
+                "tile: x has {} items, want {} x {}",
+                x.len(),
+                out.len(),
+                per_row
+            );
+            if per_row == 0 {
                 out.fill(0.0);
                 return;
             }
-            for (o, xt) in out.iter_mut().zip(x.chunks_exact(nb)) {
+            for (o, xt) in out.iter_mut().zip(x.chunks_exact(per_row)) {
                 *o = $dot(w, xt);
             }
         }
     };
 }
 
-tile_from_dot!(tile_q4_0_q8_0, vec_dot_q4_0_q8_0, BlockQ4_0, BlockQ8_0);
-tile_from_dot!(tile_q4_1_q8_1, vec_dot_q4_1_q8_1, BlockQ4_1, BlockQ8_1);
-tile_from_dot!(tile_q5_0_q8_0, vec_dot_q5_0_q8_0, BlockQ5_0, BlockQ8_0);
-tile_from_dot!(tile_q5_1_q8_1, vec_dot_q5_1_q8_1, BlockQ5_1, BlockQ8_1);
-tile_from_dot!(tile_q8_0_q8_0, vec_dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
-tile_from_dot!(tile_f32_f32, vec_dot_f32, f32, f32);
-tile_from_dot!(tile_f16_f32, vec_dot_f16_f32, f16, f32);
-tile_from_dot!(tile_bf16_f32, vec_dot_bf16_f32, bf16, f32);
+tile_from_dot!(tile_q4_0, vec_dot_q4_0, BlockQ4_0, ActQ8x4, act_groups);
+tile_from_dot!(tile_q4_1, vec_dot_q4_1, BlockQ4_1, ActQ8x4, act_groups);
+tile_from_dot!(tile_q5_0, vec_dot_q5_0, BlockQ5_0, ActQ8x4, act_groups);
+tile_from_dot!(tile_q5_1, vec_dot_q5_1, BlockQ5_1, ActQ8x4, act_groups);
+tile_from_dot!(tile_q8_0, vec_dot_q8_0, BlockQ8_0, ActQ8x4, act_groups);
+tile_from_dot!(tile_f32, vec_dot_f32, f32, f32, |n| n);
+tile_from_dot!(tile_f16, vec_dot_f16_f32, f16, f32, |n| n);
+tile_from_dot!(tile_bf16, vec_dot_bf16_f32, bf16, f32, |n| n);

@@ -12,6 +12,8 @@
 
 pub mod generic;
 mod par;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use par::{for_each_row_chunk, RowChunkOut};
 
@@ -22,12 +24,79 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Most tokens any table's tile kernel takes in one call.
 pub const MAX_TILE_TOKENS: usize = 8;
 
+/// Four q8 activation blocks (128 values) laid out for the kernels. The values are
+/// exactly ggml's q8_0 / q8_1 quantization (`quantize_row_q8_0_ref` / `_q8_1_ref`);
+/// only the storage differs: scales as f32 (each the f16-rounded value ggml keeps),
+/// the two 16-byte halves of the four blocks side by side so one 64-byte load feeds
+/// four blocks, and the code sums ready for the kernels' unsigned-weight trick.
+/// A row of `nb` blocks is `nb.div_ceil(4)` of these; missing blocks are all zero.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ActQ8x4 {
+    /// `lo[16 * b + j]` = code `j` of block `b` (j < 16).
+    pub lo: [i8; 64],
+    /// `hi[16 * b + j]` = code `16 + j` of block `b`.
+    pub hi: [i8; 64],
+    /// `bias[4 * b]` = -8 * (sum of block `b`'s codes); the other lanes are 0. An i32
+    /// dot of unsigned codes `u` started from this gives `sum((u - 8) * y)` per block.
+    pub bias: [i32; 16],
+    /// Block scales `d` (f16 values widened to f32).
+    pub d: [f32; 4],
+    /// q8_1's `s = f16(d * sum(codes))` widened to f32 (with the unrounded f32 `d`).
+    pub s: [f32; 4],
+    /// Zero; rounds the size up to four cache lines.
+    pub pad: [u8; 32],
+}
+const _: () = assert!(std::mem::size_of::<ActQ8x4>() == 256);
+
+impl Default for ActQ8x4 {
+    fn default() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+impl ActQ8x4 {
+    /// The 32 codes of block `b` (< 4) in element order.
+    pub fn codes(&self, b: usize) -> [i8; 32] {
+        std::array::from_fn(|j| {
+            if j < 16 {
+                self.lo[16 * b + j]
+            } else {
+                self.hi[16 * b + j - 16]
+            }
+        })
+    }
+    /// Block `b` as ggml's q8_0 block.
+    pub fn to_q8_0(&self, b: usize) -> BlockQ8_0 {
+        BlockQ8_0 {
+            d: f16::from_f32(self.d[b]),
+            qs: self.codes(b),
+        }
+    }
+    /// Block `b` as ggml's q8_1 block.
+    pub fn to_q8_1(&self, b: usize) -> BlockQ8_1 {
+        BlockQ8_1 {
+            d: f16::from_f32(self.d[b]),
+            s: f16::from_f32(self.s[b]),
+            qs: self.codes(b),
+        }
+    }
+}
+
+/// Activation groups for a row of `nb` blocks.
+pub const fn act_groups(nb: usize) -> usize {
+    nb.div_ceil(4)
+}
+
 /// A tile kernel: one weight row against `out.len()` activation rows.
 ///
-/// `w`: [nb] blocks of one weight row; `x`: [out.len(), nb] activation blocks (token-major);
+/// `w`: [nb] blocks of one weight row; `x`: [out.len(), act_groups(nb)] (token-major);
 /// `out[t] = dot(w, x[t])`. Requires `1 <= out.len() <= Kernels::tile_tokens` and
-/// `x.len() == out.len() * w.len()` (checked; a violation panics, it is a bug).
-pub type TileFn<W, A> = fn(w: &[W], x: &[A], out: &mut [f32]);
+/// matching lengths (checked; a violation panics, it is a bug).
+pub type TileFn<W> = fn(w: &[W], x: &[ActQ8x4], out: &mut [f32]);
+
+/// A float tile: `w`: [n] weights of one row, `x`: [out.len(), n] f32 activations.
+pub type FloatTileFn<W> = fn(w: &[W], x: &[f32], out: &mut [f32]);
 
 /// One instruction-set level: every kernel the matmul needs.
 #[derive(Debug)]
@@ -36,18 +105,17 @@ pub struct Kernels {
     pub name: &'static str,
     /// Most tokens one tile call handles (<= [`MAX_TILE_TOKENS`]).
     pub tile_tokens: usize,
-    /// f32 -> q8_0 (ggml's `quantize_row_q8_0_ref` rounding); `x`: [32 * y.len()].
-    pub quantize_q8_0: fn(x: &[f32], y: &mut [BlockQ8_0]),
-    /// f32 -> q8_1 (ggml's `quantize_row_q8_1_ref` rounding); `x`: [32 * y.len()].
-    pub quantize_q8_1: fn(x: &[f32], y: &mut [BlockQ8_1]),
-    pub q4_0: TileFn<BlockQ4_0, BlockQ8_0>,
-    pub q4_1: TileFn<BlockQ4_1, BlockQ8_1>,
-    pub q5_0: TileFn<BlockQ5_0, BlockQ8_0>,
-    pub q5_1: TileFn<BlockQ5_1, BlockQ8_1>,
-    pub q8_0: TileFn<BlockQ8_0, BlockQ8_0>,
-    pub f32: TileFn<f32, f32>,
-    pub f16: TileFn<f16, f32>,
-    pub bf16: TileFn<bf16, f32>,
+    /// f32 -> q8 activations (ggml's `_ref` rounding, q8_0 and q8_1 data at once);
+    /// `x`: [32 * nb], `y`: [act_groups(nb)] with `nb = x.len() / 32`.
+    pub quantize: fn(x: &[f32], y: &mut [ActQ8x4]),
+    pub q4_0: TileFn<BlockQ4_0>,
+    pub q4_1: TileFn<BlockQ4_1>,
+    pub q5_0: TileFn<BlockQ5_0>,
+    pub q5_1: TileFn<BlockQ5_1>,
+    pub q8_0: TileFn<BlockQ8_0>,
+    pub f32: FloatTileFn<f32>,
+    pub f16: FloatTileFn<f16>,
+    pub bf16: FloatTileFn<bf16>,
 }
 
 /// Every level this build knows, best last. Whether the CPU has it is asked by [`table`].
@@ -57,6 +125,10 @@ pub const LEVELS: &[&str] = &["scalar", "avx2", "avx512", "neon"];
 pub fn table(level: &str) -> Option<&'static Kernels> {
     match level {
         "scalar" => Some(&generic::SCALAR),
+        #[cfg(target_arch = "x86_64")]
+        "avx2" => x86::avx2(),
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => x86::avx512(),
         _ => None,
     }
 }
@@ -127,20 +199,20 @@ pub fn level() -> &'static str {
 }
 
 impl Kernels {
-    /// Single dot products through the tile kernels (for tests and callers with one token).
-    pub fn dot_q4_0(&self, w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    /// Single dot products through the tile kernels (tests, one-token callers).
+    pub fn dot_q4_0(&self, w: &[BlockQ4_0], x: &[ActQ8x4]) -> f32 {
         dot1(self.q4_0, w, x)
     }
-    pub fn dot_q4_1(&self, w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    pub fn dot_q4_1(&self, w: &[BlockQ4_1], x: &[ActQ8x4]) -> f32 {
         dot1(self.q4_1, w, x)
     }
-    pub fn dot_q5_0(&self, w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
+    pub fn dot_q5_0(&self, w: &[BlockQ5_0], x: &[ActQ8x4]) -> f32 {
         dot1(self.q5_0, w, x)
     }
-    pub fn dot_q5_1(&self, w: &[BlockQ5_1], x: &[BlockQ8_1]) -> f32 {
+    pub fn dot_q5_1(&self, w: &[BlockQ5_1], x: &[ActQ8x4]) -> f32 {
         dot1(self.q5_1, w, x)
     }
-    pub fn dot_q8_0(&self, w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    pub fn dot_q8_0(&self, w: &[BlockQ8_0], x: &[ActQ8x4]) -> f32 {
         dot1(self.q8_0, w, x)
     }
     pub fn dot_f32(&self, w: &[f32], x: &[f32]) -> f32 {
@@ -154,7 +226,7 @@ impl Kernels {
     }
 }
 
-fn dot1<W, A>(f: TileFn<W, A>, w: &[W], x: &[A]) -> f32 {
+fn dot1<W, A>(f: fn(&[W], &[A], &mut [f32]), w: &[W], x: &[A]) -> f32 {
     let mut out = [0.0f32];
     f(w, x, &mut out);
     out[0]

@@ -1,0 +1,743 @@
+//! x86-64 kernels at two levels:
+//!
+//! - `avx2`: AVX2 + FMA + F16C. Integer blocks with ggml's sign trick:
+//!   `maddubs(|w|, sign(x, w))` then `madd` with ones (`mul_sum_i8_pairs_float` in
+//!   ggml's `arch/x86/quants.c`).
+//! - `avx512`: adds AVX-512 F/BW/VL + VNNI: the pair sums become one `vpdpbusd`,
+//!   q5's high bits are a mask register, and float dots run 16 wide.
+//!
+//! Every function with `#[target_feature]` is private; the safe wrappers in the
+//! tables are only reachable through [`avx2`] / [`avx512`], which return a table
+//! only when the CPU reports every feature the table's functions are compiled for.
+//! A tile handles one weight row against up to `tile_tokens` tokens: each weight
+//! block is unpacked once and multiplied with every token's block.
+
+use super::{act_groups, generic, ActQ8x4, Kernels};
+use core::arch::x86_64::*;
+use half::{bf16, f16};
+use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
+
+/// The AVX2 table, if this CPU has AVX2, FMA and F16C.
+pub(super) fn avx2() -> Option<&'static Kernels> {
+    let ok = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    ok.then_some(&AVX2)
+}
+
+/// The AVX-512 table, if this CPU has AVX2/FMA/F16C and AVX-512 F, BW, VL and VNNI.
+pub(super) fn avx512() -> Option<&'static Kernels> {
+    let ok = avx2().is_some()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni");
+    ok.then_some(&AVX512)
+}
+
+static AVX2: Kernels = Kernels {
+    name: "avx2",
+    tile_tokens: 4,
+    quantize: quantize_avx2,
+    q4_0: avx2_impl::q4_0,
+    q4_1: avx2_impl::q4_1,
+    q5_0: avx2_impl::q5_0,
+    q5_1: avx2_impl::q5_1,
+    q8_0: avx2_impl::q8_0,
+    f32: avx2_impl::f32,
+    f16: avx2_impl::f16,
+    bf16: avx2_impl::bf16,
+};
+
+static AVX512: Kernels = Kernels {
+    name: "avx512",
+    tile_tokens: 8,
+    // The quantizer is not the bottleneck; the AVX2 one serves both levels.
+    quantize: quantize_avx2,
+    q4_0: avx512_impl::q4_0,
+    q4_1: avx512_impl::q4_1,
+    q5_0: avx512_impl::q5_0,
+    q5_1: avx512_impl::q5_1,
+    q8_0: avx512_impl::q8_0,
+    f32: avx512_impl::f32,
+    f16: avx512_impl::f16,
+    bf16: avx512_impl::bf16,
+};
+
+// ---------------------------------------------------------------------------
+// Shared AVX2 helpers (also inlined into the AVX-512 functions, whose feature
+// set is a superset).
+
+/// 32 bytes of a block as a vector.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load32<T>(bytes: &[T; 32]) -> __m256i {
+    debug_assert_eq!(std::mem::size_of::<T>(), 1);
+    // SAFETY: `bytes` is 32 one-byte elements (i8 or u8 in every caller), readable; loadu has no alignment need.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// The 32 4-bit codes of a q4 block in element order: low nibbles then high nibbles.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: `qs` is 16 readable bytes; loadu has no alignment need.
+    let t = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let v = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
+}
+
+/// Bit j of the little-endian `qh` -> byte j = 0xFF or 0x00 (ggml's `bytes_from_bits_32`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bytes_from_bits(qh: [u8; 4]) -> __m256i {
+    let x = u32::from_le_bytes(qh) as i32;
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0x0000_0000_0000_0000,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuf);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// An f16 in all 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn splat_f16(h: f16) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))
+}
+
+/// One f16 as f32 through F16C (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// Sum of the 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Unsigned bytes `u` times signed bytes `s`, sums of 4 neighbours as 8 i32 (AVX2:
+/// `maddubs` + `madd`; no i16 overflow as |u| <= 128 and |s| <= 127 in every caller).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_us_avx2(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// q5_0 codes minus 16 as signed bytes (AVX2: ggml's andnot/or).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q5_0_avx2(b: &BlockQ5_0) -> __m256i {
+    let hi = _mm256_andnot_si256(bytes_from_bits(b.qh), _mm256_set1_epi8(0xF0u8 as i8));
+    _mm256_or_si256(nibbles(&b.qs), hi)
+}
+
+/// q5_1 codes (0..32) as unsigned bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q5_1_avx2(b: &BlockQ5_1) -> __m256i {
+    let hi = _mm256_and_si256(bytes_from_bits(b.qh), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles(&b.qs), hi)
+}
+
+// ---------------------------------------------------------------------------
+// Tiles: one weight row `w` ([nb]) against NT activation rows `x` ([NT, per_row]).
+
+/// Safe entry point over the `#[target_feature]` tile `$inner::<NT>`, for NT in 1..=8.
+/// `$per_row(nb)`: activation items per token.
+macro_rules! wrap_tile {
+    ($name:ident, $inner:ident, $w:ty, $a:ty, $max:expr, $per_row:expr) => {
+        pub(super) fn $name(w: &[$w], x: &[$a], out: &mut [f32]) {
+            let nb = w.len();
+            let nt = out.len();
+            let per_row: usize = $per_row(nb);
+            assert!(
+                (1..=$max).contains(&nt) && x.len() == per_row * nt,
+                "tile: {} activation items for {nt} tokens x {per_row} (max {} tokens)",
+                x.len(),
+                $max
+            );
+            // SAFETY: this function is only reachable through a table returned by
+            // `avx2()` / `avx512()`, which checked at run time that the CPU has every
+            // feature `$inner` is compiled with; lengths were checked just above.
+            unsafe {
+                match nt {
+                    1 => $inner::<1>(w, x, out),
+                    2 => $inner::<2>(w, x, out),
+                    3 => $inner::<3>(w, x, out),
+                    4 => $inner::<4>(w, x, out),
+                    5 => $inner::<5>(w, x, out),
+                    6 => $inner::<6>(w, x, out),
+                    7 => $inner::<7>(w, x, out),
+                    _ => $inner::<8>(w, x, out),
+                }
+            }
+        }
+    };
+}
+
+/// 8-wide float tiles (AVX2): `$load(ptr) -> __m256` widens 8 weights to f32.
+macro_rules! float_tiles_256 {
+    ($feat:literal, $max:expr) => {
+        macro_rules! float_tile {
+            ($inner:ident, $w:ty, $load:expr, $to_f32:expr) => {
+                #[target_feature(enable = $feat)]
+                fn $inner<const NT: usize>(w: &[$w], x: &[f32], out: &mut [f32]) {
+                    let n = w.len();
+                    let mut acc0 = [_mm256_setzero_ps(); NT];
+                    let mut acc1 = [_mm256_setzero_ps(); NT];
+                    let mut i = 0;
+                    while i + 16 <= n {
+                        // SAFETY: i + 16 <= n = w.len(): 16 weights readable.
+                        let (w0, w1) =
+                            unsafe { ($load(w.as_ptr().add(i)), $load(w.as_ptr().add(i + 8))) };
+                        for t in 0..NT {
+                            let xt = &x[t * n + i..t * n + i + 16];
+                            // SAFETY: xt has 16 readable f32.
+                            let (x0, x1) = unsafe {
+                                (
+                                    _mm256_loadu_ps(xt.as_ptr()),
+                                    _mm256_loadu_ps(xt.as_ptr().add(8)),
+                                )
+                            };
+                            acc0[t] = _mm256_fmadd_ps(w0, x0, acc0[t]);
+                            acc1[t] = _mm256_fmadd_ps(w1, x1, acc1[t]);
+                        }
+                        i += 16;
+                    }
+                    if i + 8 <= n {
+                        // SAFETY: i + 8 <= n: 8 weights readable.
+                        let w0 = unsafe { $load(w.as_ptr().add(i)) };
+                        for t in 0..NT {
+                            let xt = &x[t * n + i..t * n + i + 8];
+                            // SAFETY: xt has 8 readable f32.
+                            let x0 = unsafe { _mm256_loadu_ps(xt.as_ptr()) };
+                            acc0[t] = _mm256_fmadd_ps(w0, x0, acc0[t]);
+                        }
+                        i += 8;
+                    }
+                    for t in 0..NT {
+                        let mut tail = 0.0f32;
+                        for j in i..n {
+                            tail += $to_f32(w[j]) * x[t * n + j];
+                        }
+                        out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + tail;
+                    }
+                }
+            };
+        }
+        float_tile!(f32_t, f32, |p: *const f32| _mm256_loadu_ps(p), |v: f32| v);
+        float_tile!(
+            f16_t,
+            f16,
+            |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+            f16::to_f32
+        );
+        float_tile!(
+            bf16_t,
+            bf16,
+            |p: *const bf16| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p.cast())
+            ))),
+            bf16::to_f32
+        );
+        wrap_tile!(f32, f32_t, f32, f32, $max, |n: usize| n);
+        wrap_tile!(f16, f16_t, f16, f32, $max, |n: usize| n);
+        wrap_tile!(bf16, bf16_t, bf16, f32, $max, |n: usize| n);
+    };
+}
+
+/// 16-wide float tiles (AVX-512F), the ragged end by masked loads.
+macro_rules! float_tiles_512 {
+    ($feat:literal, $max:expr) => {
+        macro_rules! float_tile {
+            ($inner:ident, $w:ty, $load:expr, $load_mask:expr) => {
+                #[target_feature(enable = $feat)]
+                fn $inner<const NT: usize>(w: &[$w], x: &[f32], out: &mut [f32]) {
+                    let n = w.len();
+                    let mut acc0 = [_mm512_setzero_ps(); NT];
+                    let mut acc1 = [_mm512_setzero_ps(); NT];
+                    let mut i = 0;
+                    while i + 32 <= n {
+                        // SAFETY: i + 32 <= n = w.len(): 32 weights readable.
+                        let (w0, w1) =
+                            unsafe { ($load(w.as_ptr().add(i)), $load(w.as_ptr().add(i + 16))) };
+                        for t in 0..NT {
+                            let xt = &x[t * n + i..t * n + i + 32];
+                            // SAFETY: xt has 32 readable f32.
+                            let (x0, x1) = unsafe {
+                                (
+                                    _mm512_loadu_ps(xt.as_ptr()),
+                                    _mm512_loadu_ps(xt.as_ptr().add(16)),
+                                )
+                            };
+                            acc0[t] = _mm512_fmadd_ps(w0, x0, acc0[t]);
+                            acc1[t] = _mm512_fmadd_ps(w1, x1, acc1[t]);
+                        }
+                        i += 32;
+                    }
+                    while i < n {
+                        let k = (n - i).min(16);
+                        let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+                        // SAFETY: lanes i..i+k are inside w; masked-off lanes are not
+                        // accessed (AVX-512 masked loads suppress faults; LLVM's
+                        // masked.load does not touch disabled lanes).
+                        let w0 = unsafe { $load_mask(m, w.as_ptr().add(i)) };
+                        for t in 0..NT {
+                            let xt = &x[t * n + i..t * n + i + k];
+                            // SAFETY: xt has k readable f32, the mask enables exactly k lanes.
+                            let x0 = unsafe { _mm512_maskz_loadu_ps(m, xt.as_ptr()) };
+                            acc0[t] = _mm512_fmadd_ps(w0, x0, acc0[t]);
+                        }
+                        i += k;
+                    }
+                    for t in 0..NT {
+                        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+                    }
+                }
+            };
+        }
+        float_tile!(
+            f32_t,
+            f32,
+            |p: *const f32| _mm512_loadu_ps(p),
+            |m: __mmask16, p: *const f32| _mm512_maskz_loadu_ps(m, p)
+        );
+        float_tile!(
+            f16_t,
+            f16,
+            |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+            |m: __mmask16, p: *const f16| _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast()))
+        );
+        float_tile!(
+            bf16_t,
+            bf16,
+            |p: *const bf16| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256(p.cast())
+            ))),
+            |m: __mmask16, p: *const bf16| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p.cast()))
+            ))
+        );
+        wrap_tile!(f32, f32_t, f32, f32, $max, |n: usize| n);
+        wrap_tile!(f16, f16_t, f16, f32, $max, |n: usize| n);
+        wrap_tile!(bf16, bf16_t, bf16, f32, $max, |n: usize| n);
+    };
+}
+
+/// Codes of block `b` (< 4) of an activation group, element order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn act_block(g: &ActQ8x4, b: usize) -> __m256i {
+    let (lo, hi) = (&g.lo[16 * b..16 * b + 16], &g.hi[16 * b..16 * b + 16]);
+    // SAFETY: lo and hi are 16 readable bytes each; loadu has no alignment need.
+    unsafe {
+        _mm256_set_m128i(
+            _mm_loadu_si128(hi.as_ptr().cast()),
+            _mm_loadu_si128(lo.as_ptr().cast()),
+        )
+    }
+}
+
+/// AVX2: one block per step. Signed weights use the sign trick: |w| (u8) times sign(x, w).
+mod avx2_impl {
+    use super::*;
+
+    macro_rules! signed_tile {
+        ($inner:ident, $w:ty, $unpack:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn $inner<const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
+                let ng = act_groups(w.len());
+                let mut acc = [_mm256_setzero_ps(); NT];
+                for (i, wb) in w.iter().enumerate() {
+                    let (gi, b) = (i / 4, i % 4);
+                    let q = $unpack(wb);
+                    let aq = _mm256_abs_epi8(q);
+                    let dw = splat_f16(wb.d);
+                    for t in 0..NT {
+                        let g = &x[t * ng + gi];
+                        let p = dot_us_avx2(aq, _mm256_sign_epi8(act_block(g, b), q));
+                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(g.d[b]));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[t]);
+                    }
+                }
+                for t in 0..NT {
+                    out[t] = hsum(acc[t]);
+                }
+            }
+        };
+    }
+
+    /// Unsigned weights with an offset `m` (q4_1, q5_1 against q8_1): adds `m * s`.
+    macro_rules! offset_tile {
+        ($inner:ident, $w:ty, $unpack:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn $inner<const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
+                let ng = act_groups(w.len());
+                let mut acc = [_mm256_setzero_ps(); NT];
+                let mut ms = [0.0f32; NT];
+                for (i, wb) in w.iter().enumerate() {
+                    let (gi, b) = (i / 4, i % 4);
+                    let q = $unpack(wb);
+                    let dw = splat_f16(wb.d);
+                    let m = f16_to_f32(wb.m);
+                    for t in 0..NT {
+                        let g = &x[t * ng + gi];
+                        let p = dot_us_avx2(q, act_block(g, b));
+                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(g.d[b]));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[t]);
+                        ms[t] += m * g.s[b];
+                    }
+                }
+                for t in 0..NT {
+                    out[t] = hsum(acc[t]) + ms[t];
+                }
+            }
+        };
+    }
+
+    signed_tile!(q4_0_t, BlockQ4_0, |b: &BlockQ4_0| _mm256_sub_epi8(
+        nibbles(&b.qs),
+        _mm256_set1_epi8(8)
+    ));
+    signed_tile!(q5_0_t, BlockQ5_0, q5_0_avx2);
+    signed_tile!(q8_0_t, BlockQ8_0, |b: &BlockQ8_0| load32(&b.qs));
+    offset_tile!(q4_1_t, BlockQ4_1, |b: &BlockQ4_1| nibbles(&b.qs));
+    offset_tile!(q5_1_t, BlockQ5_1, q5_1_avx2);
+
+    wrap_tile!(q4_0, q4_0_t, BlockQ4_0, ActQ8x4, 4, act_groups);
+    wrap_tile!(q5_0, q5_0_t, BlockQ5_0, ActQ8x4, 4, act_groups);
+    wrap_tile!(q8_0, q8_0_t, BlockQ8_0, ActQ8x4, 4, act_groups);
+    wrap_tile!(q4_1, q4_1_t, BlockQ4_1, ActQ8x4, 4, act_groups);
+    wrap_tile!(q5_1, q5_1_t, BlockQ5_1, ActQ8x4, 4, act_groups);
+
+    float_tiles_256!("avx2,fma,f16c", 4);
+}
+
+/// AVX-512 + VNNI: four blocks per step. Their 16-byte halves sit side by side in two
+/// zmm registers (`lo`: elements 0..16 of each block, `hi`: 16..32), matching the
+/// activation layout of [`ActQ8x4`], so i32 lanes 4b..4b+4 of `vpdpbusd` belong to
+/// block b. Weights enter as unsigned codes (q4: 0..16, q5: 0..32, q8_0: w + 128); the
+/// offset (8, 16 or 128 times the activation sum) starts the i32 accumulator, so each
+/// block's integer sum is exactly ggml's. Blocks past the last group of four go through
+/// the scalar twin.
+mod avx512_impl {
+    use super::*;
+
+    /// 16 bytes at each of four addresses, side by side.
+    ///
+    /// # Safety
+    /// Each pointer must be valid for reading 16 bytes; the CPU must have AVX-512F.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn load4(p: [*const u8; 4]) -> __m512i {
+        // SAFETY: the caller guarantees 16 readable bytes at each pointer.
+        unsafe {
+            let v = _mm512_castsi128_si512(_mm_loadu_si128(p[0].cast()));
+            let v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(p[1].cast()));
+            let v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(p[2].cast()));
+            _mm512_inserti32x4::<3>(v, _mm_loadu_si128(p[3].cast()))
+        }
+    }
+
+    /// Four f16 as f32.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn f16x4(h: [f16; 4]) -> __m128 {
+        let v = h
+            .iter()
+            .enumerate()
+            .fold(0u64, |a, (i, x)| a | (x.to_bits() as u64) << (16 * i));
+        _mm_cvtph_ps(_mm_cvtsi64_si128(v as i64))
+    }
+
+    /// Low / high nibbles of four q4 blocks: (codes 0..16 of each, codes 16..32 of each).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn nibbles4(qs: [&[u8; 16]; 4]) -> (__m512i, __m512i) {
+        // SAFETY: each qs is 16 readable bytes.
+        let raw = unsafe { load4(qs.map(|q| q.as_ptr())) };
+        let m = _mm512_set1_epi8(0x0F);
+        (
+            _mm512_and_si512(raw, m),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(raw), m),
+        )
+    }
+
+    /// q5's fifth bits as byte masks for (lo, hi).
+    #[inline]
+    fn high_bits4(qh: [[u8; 4]; 4]) -> (u64, u64) {
+        qh.iter().enumerate().fold((0, 0), |(lo, hi), (b, h)| {
+            let h = u32::from_le_bytes(*h) as u64;
+            (lo | (h & 0xFFFF) << (16 * b), hi | (h >> 16) << (16 * b))
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack_q4_0(w: &[BlockQ4_0; 4]) -> (__m512i, __m512i) {
+        nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs])
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack_q4_1(w: &[BlockQ4_1; 4]) -> (__m512i, __m512i) {
+        nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs])
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack_q5_0(w: &[BlockQ5_0; 4]) -> (__m512i, __m512i) {
+        let (lo, hi) = nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs]);
+        let (mlo, mhi) = high_bits4([w[0].qh, w[1].qh, w[2].qh, w[3].qh]);
+        let s = _mm512_set1_epi8(16);
+        (
+            _mm512_mask_add_epi8(lo, mlo, lo, s),
+            _mm512_mask_add_epi8(hi, mhi, hi, s),
+        )
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack_q5_1(w: &[BlockQ5_1; 4]) -> (__m512i, __m512i) {
+        let (lo, hi) = nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs]);
+        let (mlo, mhi) = high_bits4([w[0].qh, w[1].qh, w[2].qh, w[3].qh]);
+        let s = _mm512_set1_epi8(16);
+        (
+            _mm512_mask_add_epi8(lo, mlo, lo, s),
+            _mm512_mask_add_epi8(hi, mhi, hi, s),
+        )
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack_q8_0(w: &[BlockQ8_0; 4]) -> (__m512i, __m512i) {
+        // SAFETY: each qs is 32 readable bytes: 16 at offset 0 and 16 at offset 16.
+        let (lo, hi) = unsafe {
+            (
+                load4(w.each_ref().map(|b| b.qs.as_ptr().cast::<u8>())),
+                load4(w.each_ref().map(|b| b.qs.as_ptr().add(16).cast::<u8>())),
+            )
+        };
+        // w + 128 as an unsigned byte: flip the sign bit.
+        let f = _mm512_set1_epi8(-128);
+        (_mm512_xor_si512(lo, f), _mm512_xor_si512(hi, f))
+    }
+
+    macro_rules! group_tile {
+        ($inner:ident, $w:ty, $unpack:ident, $tail:path, bias = $shift:tt, m = $m:tt) => {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            fn $inner<const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
+                let nb = w.len();
+                let ng = act_groups(nb);
+                let full = nb / 4;
+                let mut acc = [_mm512_setzero_ps(); NT];
+                #[allow(unused_mut)] // only the m-offset types add to it
+                let mut accm = [_mm_setzero_ps(); NT];
+                // Scale of block b to i32 lanes 4b..4b+4.
+                let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                for (gi, wb) in w.chunks_exact(4).enumerate() {
+                    let wb: &[$w; 4] = wb.try_into().unwrap_or_else(|_| unreachable!());
+                    let (lo, hi) = $unpack(wb);
+                    let dw = f16x4([wb[0].d, wb[1].d, wb[2].d, wb[3].d]);
+                    group_tile!(@m_load $m, wb, mw);
+                    for t in 0..NT {
+                        let g = &x[t * ng + gi];
+                        // SAFETY: ActQ8x4 is 64-byte aligned; lo, hi, bias are 64 bytes
+                        // at offsets 0, 64, 128; d at 192 (16-aligned, 16 bytes).
+                        let (ylo, yhi, dy) = unsafe {
+                            (
+                                _mm512_load_si512(g.lo.as_ptr().cast()),
+                                _mm512_load_si512(g.hi.as_ptr().cast()),
+                                _mm_load_ps(g.d.as_ptr()),
+                            )
+                        };
+                        let init = group_tile!(@bias $shift, g);
+                        let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, ylo), hi, yhi);
+                        let sc = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(dw, dy)));
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[t]);
+                        group_tile!(@m_acc $m, accm[t], mw, g);
+                    }
+                }
+                for t in 0..NT {
+                    let tail = if full * 4 < nb {
+                        $tail(&w[full * 4..], &x[t * ng + full..(t + 1) * ng])
+                    } else {
+                        0.0
+                    };
+                    let m = accm[t];
+                    let m2 = _mm_add_ps(m, _mm_movehl_ps(m, m));
+                    let ms = _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
+                    out[t] = _mm512_reduce_add_ps(acc[t]) + ms + tail;
+                }
+            }
+        };
+        (@bias none, $g:ident) => {
+            _mm512_setzero_si512()
+        };
+        (@bias $k:literal, $g:ident) => {
+            // SAFETY: bias is 64 bytes at offset 128 of a 64-byte aligned group.
+            _mm512_slli_epi32::<$k>(unsafe { _mm512_load_si512($g.bias.as_ptr().cast()) })
+        };
+        (@m_load yes, $wb:ident, $mw:ident) => {
+            let $mw = f16x4([$wb[0].m, $wb[1].m, $wb[2].m, $wb[3].m]);
+        };
+        (@m_load no, $wb:ident, $mw:ident) => {};
+        (@m_acc yes, $a:expr, $mw:ident, $g:ident) => {
+            // SAFETY: s is 16 bytes at offset 208 (16-aligned) of the group.
+            $a = _mm_fmadd_ps($mw, unsafe { _mm_load_ps($g.s.as_ptr()) }, $a);
+        };
+        (@m_acc no, $a:expr, $mw:ident, $g:ident) => {};
+    }
+
+    group_tile!(
+        q4_0_t,
+        BlockQ4_0,
+        unpack_q4_0,
+        generic::vec_dot_q4_0,
+        bias = 0,
+        m = no
+    );
+    group_tile!(
+        q5_0_t,
+        BlockQ5_0,
+        unpack_q5_0,
+        generic::vec_dot_q5_0,
+        bias = 1,
+        m = no
+    );
+    group_tile!(
+        q8_0_t,
+        BlockQ8_0,
+        unpack_q8_0,
+        generic::vec_dot_q8_0,
+        bias = 4,
+        m = no
+    );
+    group_tile!(
+        q4_1_t,
+        BlockQ4_1,
+        unpack_q4_1,
+        generic::vec_dot_q4_1,
+        bias = none,
+        m = yes
+    );
+    group_tile!(
+        q5_1_t,
+        BlockQ5_1,
+        unpack_q5_1,
+        generic::vec_dot_q5_1,
+        bias = none,
+        m = yes
+    );
+
+    wrap_tile!(q4_0, q4_0_t, BlockQ4_0, ActQ8x4, 8, act_groups);
+    wrap_tile!(q5_0, q5_0_t, BlockQ5_0, ActQ8x4, 8, act_groups);
+    wrap_tile!(q8_0, q8_0_t, BlockQ8_0, ActQ8x4, 8, act_groups);
+    wrap_tile!(q4_1, q4_1_t, BlockQ4_1, ActQ8x4, 8, act_groups);
+    wrap_tile!(q5_1, q5_1_t, BlockQ5_1, ActQ8x4, 8, act_groups);
+
+    float_tiles_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", 8);
+}
+
+// ---------------------------------------------------------------------------
+// Activation quantizer, bit-identical to `generic::quantize_q8` for finite input
+// (ggml's `_ref` rounding: d = amax/127, q = round-half-away(x/d), not the
+// round-half-even of ggml's own AVX2 quantizer).
+
+/// One block -> (f16 scale, 32 codes, sum of codes, unrounded f32 scale).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32) {
+    assert_eq!(xb.len(), QK);
+    let p = xb.as_ptr();
+    // SAFETY: xb has 32 readable f32.
+    let v = unsafe {
+        [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ]
+    };
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_andnot_ps(sign, v[0]);
+    for vi in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let idv = _mm256_set1_ps(id);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (qi, vi) in q.iter_mut().zip(v) {
+        let s = _mm256_mul_ps(vi, idv);
+        let a = _mm256_andnot_ps(sign, s);
+        // roundf: trunc(|s|) + (frac >= 0.5), sign restored; exact (|s| - trunc(|s|) is exact).
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(a);
+        let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_sub_ps(a, t), half), one);
+        let r = _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(s, sign));
+        // Saturate like Rust's `as i8` (only reachable when 1/d overflows to inf).
+        let r = _mm256_min_ps(
+            _mm256_max_ps(r, _mm256_set1_ps(-128.0)),
+            _mm256_set1_ps(127.0),
+        );
+        *qi = _mm256_cvttps_epi32(r);
+    }
+    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let s4 = _mm_add_epi32(
+        _mm256_castsi256_si128(sum),
+        _mm256_extracti128_si256::<1>(sum),
+    );
+    let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b01>(s2));
+    let isum = _mm_cvtsi128_si32(s1);
+    let a = _mm256_packs_epi32(q[0], q[1]);
+    let b = _mm256_packs_epi32(q[2], q[3]);
+    let bytes = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(a, b),
+        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+    );
+    let mut out = [0i8; 32];
+    // SAFETY: out is 32 writable bytes; storeu has no alignment need.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), bytes) };
+    let dh =
+        _mm_extract_epi16::<0>(_mm_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm_set_ss(d))) as u16;
+    (f16::from_bits(dh), out, isum, d)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_t(x: &[f32], y: &mut [ActQ8x4]) {
+    for (g, xg) in y.iter_mut().zip(x.chunks(4 * QK)) {
+        *g = ActQ8x4::default();
+        for (b, xb) in xg.chunks_exact(QK).enumerate() {
+            let (d, qs, sum, d32) = quantize_block(xb);
+            // s = f16(sum * d) with the unrounded f32 d, as quantize_row_q8_1_ref.
+            let s = f16::from_f32(sum as f32 * d32);
+            generic::store_block(g, b, f16_to_f32(d), &qs, sum, f16_to_f32(s));
+        }
+    }
+}
+
+fn quantize_avx2(x: &[f32], y: &mut [ActQ8x4]) {
+    let nb = x.len() / QK;
+    assert!(
+        x.len() % QK == 0 && y.len() == act_groups(nb),
+        "quantize: {} values into {} groups of 4 blocks of 32",
+        x.len(),
+        y.len()
+    );
+    // SAFETY: only reachable through a table from `avx2()`/`avx512()`, which checked AVX2+FMA+F16C.
+    unsafe { quantize_t(x, y) }
+}
