@@ -10,6 +10,8 @@
 //! a safe signature over typed block slices; its table is only handed out after
 //! the CPU features it needs were detected at run time.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod generic;
 mod par;
 #[cfg(target_arch = "x86_64")]
@@ -129,6 +131,8 @@ pub fn table(level: &str) -> Option<&'static Kernels> {
         "avx2" => x86::avx2(),
         #[cfg(target_arch = "x86_64")]
         "avx512" => x86::avx512(),
+        #[cfg(target_arch = "aarch64")]
+        "neon" => aarch64::neon(),
         _ => None,
     }
 }

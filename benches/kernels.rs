@@ -1,0 +1,196 @@
+//! Kernel and matmul benchmarks (criterion).
+//!
+//! `cargo bench --bench kernels` runs every group; a filter picks some, e.g.
+//! `cargo bench --bench kernels -- matvec_0.5b`. Groups:
+//! - `read_bandwidth`: sum of a 1 GiB buffer with 2 threads: the memory read bandwidth
+//!   that bounds decode (bytes of weights per token / bandwidth = best step time).
+//! - `kernel_decode/<level>/<type>`: one thread, one token, a 512x896 matrix that stays
+//!   in L2: the kernel's own speed in GB/s of weights.
+//! - `kernel_prefill/<level>/<type>`: the same matrix against 64 tokens: GFLOP/s
+//!   (criterion's "elem/s" counts flops: 2 per multiply-add).
+//! - `matvec_0.5b/<type>`: the 24 layers of Qwen2.5-0.5B-shaped matrices (q 896x896,
+//!   k/v 128x896, o 896x896, gate/up 4864x896, down 896x4864; 179 MB in q4_0), one token,
+//!   2 threads, best kernel level: GB/s of weights, to hold against `read_bandwidth`.
+//! - `prefill_0.5b/<type>`: one such layer against 128 tokens, 2 threads: GFLOP/s.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use quant_formats::GgmlType;
+use qwen::kernels;
+use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
+use rayon::prelude::*;
+use std::time::Duration;
+
+const TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+    GgmlType::Bf16,
+    GgmlType::F32,
+];
+
+/// Per-layer matrices of Qwen2.5-0.5B: (rows, cols).
+const LAYER_0_5B: [(usize, usize); 7] = [
+    (896, 896),
+    (128, 896),
+    (128, 896),
+    (896, 896),
+    (4864, 896),
+    (4864, 896),
+    (896, 4864),
+];
+
+/// Deterministic weights in [-0.5, 0.5), quantized by the reference quantizer.
+fn weights(dtype: GgmlType, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect();
+    quant_formats::reference::quantize(dtype, &vals).expect("bench shapes are block multiples")
+}
+
+/// Bytes in an 8-aligned buffer (f32 weights need 4-byte alignment).
+struct Aligned(Vec<u64>, usize);
+impl Aligned {
+    fn new(bytes: &[u8]) -> Self {
+        let mut v = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut v)[..bytes.len()].copy_from_slice(bytes);
+        Self(v, bytes.len())
+    }
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.0)[..self.1]
+    }
+}
+
+fn activations(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+}
+
+fn read_bandwidth(c: &mut Criterion) {
+    let n = 1usize << 27; // 1 GiB of u64
+    let buf: Vec<u64> = (0..n as u64).collect();
+    let p = pool(2);
+    let mut g = c.benchmark_group("read_bandwidth");
+    g.sample_size(10)
+        .throughput(Throughput::Bytes((n * 8) as u64));
+    g.bench_function("2_threads", |b| {
+        b.iter(|| {
+            p.install(|| {
+                buf.par_chunks(1 << 16)
+                    .map(|ch| {
+                        // Eight independent sums so the loop is load-bound, not add-bound.
+                        let mut s = [0u64; 8];
+                        for v in ch.chunks_exact(8) {
+                            for k in 0..8 {
+                                s[k] = s[k].wrapping_add(v[k]);
+                            }
+                        }
+                        s.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                    })
+                    .reduce(|| 0, u64::wrapping_add)
+            })
+        })
+    });
+    g.finish();
+}
+
+fn kernel(c: &mut Criterion) {
+    let (rows, cols) = (512, 896);
+    let p = pool(1);
+    for (group, n_tok) in [("kernel_decode", 1usize), ("kernel_prefill", 64)] {
+        let mut g = c.benchmark_group(group);
+        g.sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        for level in kernels::available() {
+            let k = kernels::table(level).expect("available level");
+            for dtype in TYPES {
+                if level == "scalar" && n_tok > 1 && dtype != GgmlType::Q4_0 {
+                    continue; // slow and says little
+                }
+                let data = Aligned::new(&weights(dtype, rows, cols, 1));
+                let w = QMatrix::new("w", dtype, rows, cols, data.bytes()).expect("valid matrix");
+                let x = activations(n_tok * cols);
+                let mut y = vec![0.0f32; n_tok * rows];
+                let mut scratch = MatmulScratch::new(n_tok, cols);
+                g.throughput(if n_tok == 1 {
+                    Throughput::Bytes(data.bytes().len() as u64)
+                } else {
+                    Throughput::Elements((2 * rows * cols * n_tok) as u64)
+                });
+                g.bench_with_input(BenchmarkId::new(level, dtype.name()), &(), |b, _| {
+                    b.iter(|| p.install(|| matmul_with(k, &w, &x, &mut y, n_tok, &mut scratch)))
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+fn model_0_5b(c: &mut Criterion) {
+    let k =
+        kernels::table(kernels::available().last().copied().unwrap_or("scalar")).expect("level");
+    let p = pool(2);
+    let layers = 24;
+    for (group, n_tok, n_layers) in [("matvec_0.5b", 1usize, layers), ("prefill_0.5b", 128, 1)] {
+        let mut g = c.benchmark_group(group);
+        g.sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        for dtype in TYPES {
+            // One layer's bytes, repeated for every layer (distinct memory, same values).
+            let one: Vec<Aligned> = LAYER_0_5B
+                .iter()
+                .enumerate()
+                .map(|(i, &(r, cc))| Aligned::new(&weights(dtype, r, cc, i as u32)))
+                .collect();
+            let all: Vec<Vec<Aligned>> = (0..n_layers)
+                .map(|_| one.iter().map(|a| Aligned(a.0.clone(), a.1)).collect())
+                .collect();
+            let mats: Vec<QMatrix> = all
+                .iter()
+                .flat_map(|l| {
+                    l.iter().zip(LAYER_0_5B).map(|(a, (r, cc))| {
+                        QMatrix::new("w", dtype, r, cc, a.bytes()).expect("valid")
+                    })
+                })
+                .collect();
+            let bytes: usize = mats.iter().map(|m| m.data.len()).sum();
+            let flops: usize = mats.iter().map(|m| 2 * m.rows * m.cols * n_tok).sum();
+            let x = activations(n_tok * 4864);
+            let mut y = vec![0.0f32; n_tok * 4864];
+            let mut scratch = MatmulScratch::new(n_tok, 4864);
+            g.throughput(if n_tok == 1 {
+                Throughput::Bytes(bytes as u64)
+            } else {
+                Throughput::Elements(flops as u64)
+            });
+            g.bench_with_input(BenchmarkId::new(k.name, dtype.name()), &(), |b, _| {
+                b.iter(|| {
+                    p.install(|| {
+                        for m in &mats {
+                            let (xs, ys) = (&x[..n_tok * m.cols], &mut y[..n_tok * m.rows]);
+                            matmul_with(k, m, xs, ys, n_tok, &mut scratch);
+                        }
+                    })
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, read_bandwidth, kernel, model_0_5b);
+criterion_main!(benches);
