@@ -566,9 +566,8 @@ fn generate(
     Ok(())
 }
 
-/// One chat turn (-p without -i): the file's chat template (ChatML when it has
-/// none) around the system and user messages, then generation as in
-/// --mode generate, also stopping at <|im_end|>.
+/// Chat mode (-i, or -p without --mode generate): helper "chat"'s session loop
+/// over the file's chat template (ChatML when it has none).
 fn chat(
     model: &Model,
     tok: &Tokenizer,
@@ -577,20 +576,18 @@ fn chat(
     n_ctx: usize,
     params: SamplerParams,
 ) -> Res<()> {
-    use qwen::chat::{ChatTemplate, Message};
-    if args.interactive {
-        return Err("-i is not wired up yet in this build; use -p PROMPT for one turn".into());
-    }
-    let user = args.prompt.as_deref().ok_or("chat needs -p PROMPT or -i")?;
-    let tpl = ChatTemplate::from_gguf(g, tok).map_err(|e| e.to_string())?;
-    let mut msgs = Vec::new();
-    if let Some(s) = tpl
-        .initial_system(args.system.as_deref())
-        .map_err(|e| e.to_string())?
-    {
-        msgs.push(s);
-    }
-    msgs.push(Message::user(user));
-    let text = tpl.render(&msgs, true).map_err(|e| e.to_string())?;
-    generate(model, tok, g, args, &text, n_ctx, params)
+    let template = qwen::chat::ChatTemplate::from_gguf(g, tok).map_err(|e| e.to_string())?;
+    let opts = qwen::interactive::ChatOptions {
+        template,
+        system: args.system.clone(),
+        prompt: args.prompt.clone(),
+        interactive: args.interactive,
+        n_predict: args.n_predict,
+        stop: args.stop.clone(),
+        sampler: params,
+        n_ctx,
+        batch_size: args.batch_size,
+        verbose: args.verbose,
+    };
+    qwen::interactive::run(model, tok, &opts)
 }

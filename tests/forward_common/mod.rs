@@ -339,11 +339,10 @@ impl Tiny {
                 Value::U32(self.head_dim as u32),
             ),
         ];
+        kv.retain(|(k, _)| !self.skip_keys.contains(k));
         kv.extend(self.extra.iter().cloned());
         for (k, v) in kv {
-            if !self.skip_keys.contains(&k) {
-                w.add(k, v);
-            }
+            w.add(k, v);
         }
         let mut rng = self.seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
         let mut next = move || {
