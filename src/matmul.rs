@@ -76,7 +76,7 @@ impl<'a> QMatrix<'a> {
             GgmlType::F32 => 4,
             _ => 2,
         };
-        if data.as_ptr() as usize % align != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
             return Err(format!(
                 "tensor {name}: data at address {:p} is not {align}-byte aligned as {dtype} needs",
                 data.as_ptr()
@@ -259,16 +259,18 @@ impl Plan {
         let tile_t = self.tile_t;
         kernels::for_each_row_chunk(y, rows, n_tok, self.chunk, self.parallel, |mut out| {
             let mut buf = [0.0f32; MAX_TILE_TOKENS];
-            for r in out.rows() {
-                // Row r stays in L1 while every token block passes over it.
-                let wr = &w[r * nb..(r + 1) * nb];
-                let mut t0 = 0;
-                while t0 < n_tok {
-                    let nt = tile_t.min(n_tok - t0);
-                    tile(wr, &acts[t0 * per_tok..(t0 + nt) * per_tok], &mut buf[..nt]);
+            // Token blocks outside, rows inside: one block of activations (tile_t tokens)
+            // stays in L1 while the chunk's weight rows (<= 256 rows, in L2 after the
+            // first block) stream past it.
+            let mut t0 = 0;
+            while t0 < n_tok {
+                let nt = tile_t.min(n_tok - t0);
+                let xs = &acts[t0 * per_tok..(t0 + nt) * per_tok];
+                for r in out.rows() {
+                    tile(&w[r * nb..(r + 1) * nb], xs, &mut buf[..nt]);
                     out.write(r, t0, &buf[..nt]);
-                    t0 += nt;
                 }
+                t0 += nt;
             }
         });
     }

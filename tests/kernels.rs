@@ -168,7 +168,7 @@ impl TestBlock for BlockQ8_0 {
         let mut qs: [i8; 32] = std::array::from_fn(|_| rng.byte() as i8);
         // q8_0 codes are -127..=127; a -128 now and then checks the kernels cope
         // (the unsigned trick maps it to 0, the sign trick to |w| = 128).
-        if rng.next() % 4 != 0 {
+        if !rng.next().is_multiple_of(4) {
             qs.iter_mut().for_each(|q| *q = (*q).max(-127));
         }
         Self { d: rng.scale(), qs }

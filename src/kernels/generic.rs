@@ -66,7 +66,7 @@ pub fn store_block(g: &mut ActQ8x4, b: usize, d: f32, qs: &[i8; 32], sum: i32, s
 pub fn quantize_q8(x: &[f32], y: &mut [ActQ8x4]) {
     let nb = x.len() / QK;
     assert!(
-        x.len() % QK == 0 && y.len() == act_groups(nb),
+        x.len().is_multiple_of(QK) && y.len() == act_groups(nb),
         "quantize: {} values into {} groups of 4 blocks of 32",
         x.len(),
         y.len()

@@ -733,7 +733,7 @@ fn quantize_t(x: &[f32], y: &mut [ActQ8x4]) {
 fn quantize_avx2(x: &[f32], y: &mut [ActQ8x4]) {
     let nb = x.len() / QK;
     assert!(
-        x.len() % QK == 0 && y.len() == act_groups(nb),
+        x.len().is_multiple_of(QK) && y.len() == act_groups(nb),
         "quantize: {} values into {} groups of 4 blocks of 32",
         x.len(),
         y.len()
