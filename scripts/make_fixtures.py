@@ -16,7 +16,8 @@ tests/fixtures/ref/<name>/
                             (1-D f32; output matrix, or token_embd when tied, q8_0; a row length not a multiple of
                             32 -> f16), and (b) the input of every linear layer rounded as ggml's CPU matmul does:
                             to q8_0 blocks of 32 along the input dim for q8_0/q4_0/q5_0 weights, q8_1 for q4_1/q5_1
-                            (the same values), to f16 for f16 weights.
+                            (the same values, and the dot uses q8_1's f16 block sum s for the weight minimum
+                            term exactly as ggml_vec_dot_q4_1_q8_1), to f16 for f16 weights.
   meta.json                 text, shapes, source dtype, per-type KL(ref || floor) and top-1 agreement
 qwen1 also gets ids_long.json / logits_long.npy: a sequence longer than its seq_length, where Qwen-1's dynamic
 NTK and logn attention are active; that reference comes from the Qwen-1 forward written below (modeling_qwen.py
@@ -362,16 +363,50 @@ def round_activation(x: torch.Tensor, wtype: str) -> torch.Tensor:
     """What ggml's CPU matmul does to the input of a weight of type wtype (vec_dot_type)."""
     if wtype == "f16":
         return x.to(torch.float16).to(x.dtype)
-    # q8_0 for q8_0/q4_0/q5_0, q8_1 for q4_1/q5_1: same scale d = amax/127 and same rounded values.
+    # q8_0 for q8_0/q4_0/q5_0, q8_1 for q4_1/q5_1: same scale d = amax/127 and same rounded values
+    # (q8_1's extra sum term is handled by q8_1_correction).
     a = x.detach().to(torch.float32).numpy()
     flat = a.reshape(-1, a.shape[-1])
     q = quants.dequantize(quants.quantize(flat, GT.Q8_0), GT.Q8_0)
     return torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32).reshape(a.shape)).to(x.dtype)
 
 
+def block_mins(w: torch.Tensor, t: str) -> np.ndarray:
+    """The f16 minimum m of every block of a q4_1/q5_1 weight: [out, in/32] (bytes 2..4 of each block)."""
+    a = w.detach().to(torch.float32).numpy()
+    q = quants.quantize(a, GGML[t])
+    q = q.reshape(a.shape[0], a.shape[1] // 32, -1)
+    return np.ascontiguousarray(q[..., 2:4]).view(np.float16)[..., 0].astype(np.float64)
+
+
+def q8_1_correction(x: torch.Tensor, mins: np.ndarray) -> torch.Tensor:
+    """ggml's q4_1/q5_1 dot is sum_b d_w d_x sumi + m_b s_b with q8_1's s = f16(sum(codes) * d), d the unrounded
+    f32 amax/127 (quantize_row_q8_1_ref). The rounded-activation matmul gives m_b d16 sum(codes) instead; this is
+    the difference, sum_b m_b (s_b - d16_b sum_b(codes)) per output: [..., out]."""
+    a = x.detach().to(torch.float32).numpy()
+    flat = a.reshape(-1, a.shape[-1])
+    n, nb = flat.shape[0], flat.shape[1] // 32
+    d32 = (np.abs(flat.reshape(n, nb, 32)).max(-1) / np.float32(127.0)).astype(np.float32)
+    q = quants.quantize(flat, GT.Q8_0).reshape(n, nb, 34)
+    d16 = np.ascontiguousarray(q[..., 0:2]).view(np.float16)[..., 0].astype(np.float64)
+    sumq = np.ascontiguousarray(q[..., 2:]).view(np.int8).astype(np.int64).sum(-1)
+    s16 = (sumq.astype(np.float32) * d32).astype(np.float16).astype(np.float64)
+    corr = (s16 - d16 * sumq) @ mins.T  # [n, out]
+    return torch.from_numpy(corr.astype(np.float32)).reshape(*a.shape[:-1], mins.shape[0]).to(x.dtype)
+
+
 @torch.no_grad()
 def floor_logits(model: torch.nn.Module, ids: list[int], qtype: str, tied: bool) -> tuple[np.ndarray, dict]:
+    """Logits of ggml's CPU computation on a `qtype` file: dequantized weights, rounded linear inputs, and for
+    q4_1/q5_1 weights q8_1's f16 block sums. Checked once by hand against an integer emulation of ggml's dot
+    products: equal to ~1e-5, except where a 7th-digit difference flips one activation code (then ~0.1)."""
     fm = copy.deepcopy(model)
+    linears = []  # (module, weight type, block minimums for _1 types), taken before the weights are rounded
+    for mname, mod in fm.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            wt = weight_type(mname + ".weight", tuple(mod.weight.shape), qtype, tied)
+            mins = block_mins(mod.weight, wt) if wt in ("q4_1", "q5_1") else None
+            linears.append((mod, wt, mins))
     types: dict[str, str] = {}
     done = set()
     for name, p in fm.named_parameters():
@@ -382,10 +417,19 @@ def floor_logits(model: torch.nn.Module, ids: list[int], qtype: str, tied: bool)
         types[name] = t
         p.copy_(round_weight(p, t))
     hooks = []
-    for mname, mod in fm.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            wt = weight_type(mname + ".weight", tuple(mod.weight.shape), qtype, tied)
+    for mod, wt, mins in linears:
+        if mins is None:
             hooks.append(mod.register_forward_pre_hook(lambda _m, args, wt=wt: (round_activation(args[0], wt),)))
+        else:
+            def pre(m_, args, wt=wt):
+                m_.raw_input = args[0]
+                return (round_activation(args[0], wt),)
+
+            def post(m_, _args, out, mins=mins):
+                return out + q8_1_correction(m_.raw_input, mins)
+
+            hooks.append(mod.register_forward_pre_hook(pre))
+            hooks.append(mod.register_forward_hook(post))
     logits = run(fm, ids)
     for h in hooks:
         h.remove()
