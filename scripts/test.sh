@@ -14,4 +14,5 @@ cargo test --workspace --release
 
 echo "== independent reader: gguf package on converted fixtures" >&2
 scripts/check_fixtures.sh
+.venv/bin/python scripts/test_check_gguf.py
 echo "all tests passed" >&2
