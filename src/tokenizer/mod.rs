@@ -167,7 +167,7 @@ impl Tokenizer {
     /// Builds the tokenizer from vocabulary rows (byte-level strings, one per id), their kinds,
     /// the merges (`"left right"`, best first) if the vocabulary has them, and the config.
     /// Without merges, token ids are the BPE ranks (tiktoken vocabularies).
-    pub fn from_parts<T: AsRef<str>, M: AsRef<str>>(
+    pub fn from_parts<T: AsRef<str> + Sync, M: AsRef<str> + Sync>(
         tokens: &[T],
         kinds: &[TokenKind],
         merges: Option<&[M]>,
@@ -188,53 +188,34 @@ impl Tokenizer {
             )));
         }
 
-        // 1. Row bytes.
-        let mut bytes = Vec::with_capacity(n * 8);
-        let mut offsets = Vec::with_capacity(n + 1);
-        offsets.push(0u32);
-        for (id, (tok, &kind)) in tokens.iter().zip(kinds).enumerate() {
-            let tok = tok.as_ref();
-            match kind {
-                TokenKind::Normal => {
-                    let start = bytes.len();
-                    byte_level::decode_into(tok, &mut bytes).map_err(|c| {
-                        TokenizerError::Vocab(format!(
-                            "token {id} {tok:?} has {c:?} (U+{:04X}), which is not in GPT-2's byte-level alphabet",
-                            c as u32
-                        ))
-                    })?;
-                    if bytes.len() == start {
-                        return Err(TokenizerError::Vocab(format!("normal token {id} is empty")));
-                    }
-                }
-                TokenKind::Special => bytes.extend_from_slice(tok.as_bytes()),
-                TokenKind::Unused => {}
-            }
-            let end = u32::try_from(bytes.len()).map_err(|_| {
-                TokenizerError::Vocab(format!("vocabulary text exceeds {} bytes", u32::MAX))
-            })?;
-            offsets.push(end);
-        }
-        let row = |id: usize| &bytes[offsets[id] as usize..offsets[id + 1] as usize];
-
-        // 2. BPE ranks: the encoder tiktoken merges with, and the rank -> id map if needed.
-        let (encoder, rank_to_id) = match merges {
-            Some(merges) if ranks_follow_ids(tokens, kinds, &row, merges)? => {
-                // Merge i made token 256 + i: rank = id for the first 256 + n_merges rows; later
-                // normal rows cannot come out of the merges, so BPE never produces them.
-                let limit = 256 + merges.len();
-                (identity_encoder(kinds, &row, limit), None)
-            }
-            Some(merges) => {
-                let (enc, map) = ranked_encoder(tokens, kinds, &row, merges)?;
-                (enc, Some(map))
-            }
-            None => (identity_encoder(kinds, &row, n), None),
+        // 1. How ranks relate to ids (cheap: compares strings, allocates nothing).
+        let scheme = match merges {
+            Some(m) if ranks_follow_ids(tokens, kinds, m)? => RankScheme::Ids(256 + m.len()),
+            Some(m) => RankScheme::Merges(m),
+            None => RankScheme::Ids(n),
         };
-        check_single_bytes(&encoder)?;
 
-        let bpe = CoreBPE::new(encoder, FxHashMap::default(), config.pre.pattern())
-            .map_err(|e| TokenizerError::Regex(e.to_string()))?;
+        // 2. In parallel (rayon's current pool): the tiktoken encoder, whose construction
+        // dominates the build time, and the per-row byte table used for decoding.
+        let (bpe, rows) = rayon::join(
+            || -> Result<(CoreBPE, Option<Vec<u32>>), TokenizerError> {
+                let (encoder, rank_to_id) = match scheme {
+                    RankScheme::Ids(limit) => (identity_encoder(tokens, kinds, limit)?, None),
+                    RankScheme::Merges(m) => {
+                        let (enc, map) = ranked_encoder(tokens, kinds, m)?;
+                        (enc, Some(map))
+                    }
+                };
+                check_single_bytes(&encoder)?;
+                let bpe = CoreBPE::new(encoder, FxHashMap::default(), config.pre.pattern())
+                    .map_err(|e| TokenizerError::Regex(e.to_string()))?;
+                Ok((bpe, rank_to_id))
+            },
+            || row_bytes(tokens, kinds),
+        );
+        // The row table checks every row, so its error (if any) is the most precise one.
+        let (bytes, offsets) = rows?;
+        let (bpe, rank_to_id) = bpe?;
 
         // 3. Special tokens, matched leftmost-longest as HF's added-token splitter does.
         let mut special_by_text = FxHashMap::default();
@@ -427,13 +408,70 @@ fn split_merge<'m>(i: usize, m: &'m str) -> Result<(&'m str, &'m str), Tokenizer
     }
 }
 
+/// How BPE ranks are found (see [`Tokenizer::from_parts`]).
+enum RankScheme<'m, M> {
+    /// rank = id for normal rows below the limit.
+    Ids(usize),
+    /// Ranks from the merges list, mapped back to ids.
+    Merges(&'m [M]),
+}
+
+/// Bytes of token `id` in byte-level form `tok`.
+fn normal_token_bytes(id: usize, tok: &str, out: &mut Vec<u8>) -> Result<(), TokenizerError> {
+    let start = out.len();
+    byte_level::decode_into(tok, out).map_err(|c| {
+        TokenizerError::Vocab(format!(
+            "token {id} {tok:?} has {c:?} (U+{:04X}), which is not in GPT-2's byte-level alphabet",
+            c as u32
+        ))
+    })?;
+    if out.len() == start {
+        return Err(TokenizerError::Vocab(format!("normal token {id} is empty")));
+    }
+    Ok(())
+}
+
+/// The bytes of every row, concatenated, and the offsets of each row ([n + 1]).
+fn row_bytes<T: AsRef<str>>(
+    tokens: &[T],
+    kinds: &[TokenKind],
+) -> Result<(Vec<u8>, Vec<u32>), TokenizerError> {
+    let mut bytes = Vec::with_capacity(tokens.len() * 8);
+    let mut offsets = Vec::with_capacity(tokens.len() + 1);
+    offsets.push(0u32);
+    for (id, (tok, &kind)) in tokens.iter().zip(kinds).enumerate() {
+        let tok = tok.as_ref();
+        match kind {
+            TokenKind::Normal => normal_token_bytes(id, tok, &mut bytes)?,
+            TokenKind::Special => bytes.extend_from_slice(tok.as_bytes()),
+            TokenKind::Unused => {}
+        }
+        let end = u32::try_from(bytes.len()).map_err(|_| {
+            TokenizerError::Vocab(format!("vocabulary text exceeds {} bytes", u32::MAX))
+        })?;
+        offsets.push(end);
+    }
+    Ok((bytes, offsets))
+}
+
+/// The byte a one-character byte-level token stands for.
+fn single_byte(tok: &str) -> Option<u8> {
+    let mut chars = tok.chars();
+    let c = chars.next()?;
+    if chars.next().is_some() {
+        return None;
+    }
+    let mut b = Vec::with_capacity(1);
+    byte_level::decode_into(c.encode_utf8(&mut [0; 4]), &mut b).ok()?;
+    b.first().copied()
+}
+
 /// True when ids are BPE ranks: rows 0..256 are the 256 single bytes and merge `i` joins into
 /// row `256 + i` (Qwen vocabularies, whose ids are tiktoken ranks). O(total merge length), no
 /// allocation.
-fn ranks_follow_ids<'b, T: AsRef<str>, M: AsRef<str>>(
+fn ranks_follow_ids<T: AsRef<str>, M: AsRef<str>>(
     tokens: &[T],
     kinds: &[TokenKind],
-    row: &dyn Fn(usize) -> &'b [u8],
     merges: &[M],
 ) -> Result<bool, TokenizerError> {
     if tokens.len() < 256 + merges.len() {
@@ -441,8 +479,10 @@ fn ranks_follow_ids<'b, T: AsRef<str>, M: AsRef<str>>(
     }
     let mut seen = [false; 256];
     for id in 0..256 {
-        match row(id) {
-            [b] if kinds[id] == TokenKind::Normal && !seen[*b as usize] => seen[*b as usize] = true,
+        match single_byte(tokens[id].as_ref()) {
+            Some(b) if kinds[id] == TokenKind::Normal && !seen[b as usize] => {
+                seen[b as usize] = true
+            }
             _ => return Ok(false),
         }
     }
@@ -462,27 +502,29 @@ fn ranks_follow_ids<'b, T: AsRef<str>, M: AsRef<str>>(
 }
 
 /// Encoder with rank = id for normal rows below `limit`.
-fn identity_encoder<'b>(
+fn identity_encoder<T: AsRef<str>>(
+    tokens: &[T],
     kinds: &[TokenKind],
-    row: &dyn Fn(usize) -> &'b [u8],
     limit: usize,
-) -> FxHashMap<Vec<u8>, Rank> {
+) -> Result<FxHashMap<Vec<u8>, Rank>, TokenizerError> {
     let mut enc = FxHashMap::with_capacity_and_hasher(limit, Default::default());
-    for (id, &kind) in kinds.iter().enumerate().take(limit) {
+    for (id, (tok, &kind)) in tokens.iter().zip(kinds).enumerate().take(limit) {
         if kind == TokenKind::Normal {
-            enc.insert(row(id).to_vec(), id as Rank);
+            let tok = tok.as_ref();
+            let mut key = Vec::with_capacity(tok.len());
+            normal_token_bytes(id, tok, &mut key)?;
+            enc.insert(key, id as Rank);
         }
     }
-    enc
+    Ok(enc)
 }
 
 /// Encoder whose ranks come from the merges list (single bytes 0..256 by byte value, the token
 /// made by merge `i` gets `256 + i`; a token made again by a later merge keeps its first rank),
 /// with the rank -> id map.
-fn ranked_encoder<'b, T: AsRef<str>, M: AsRef<str>>(
+fn ranked_encoder<T: AsRef<str>, M: AsRef<str>>(
     tokens: &[T],
     kinds: &[TokenKind],
-    row: &dyn Fn(usize) -> &'b [u8],
     merges: &[M],
 ) -> Result<(FxHashMap<Vec<u8>, Rank>, Vec<u32>), TokenizerError> {
     let mut by_text: FxHashMap<&str, u32> =
@@ -493,9 +535,9 @@ fn ranked_encoder<'b, T: AsRef<str>, M: AsRef<str>>(
             continue;
         }
         by_text.entry(tok.as_ref()).or_insert(id as u32);
-        if let [b] = row(id) {
-            if rank_to_id[*b as usize] == u32::MAX {
-                rank_to_id[*b as usize] = id as u32;
+        if let Some(b) = single_byte(tok.as_ref()) {
+            if rank_to_id[b as usize] == u32::MAX {
+                rank_to_id[b as usize] = id as u32;
             }
         }
     }
@@ -525,7 +567,9 @@ fn ranked_encoder<'b, T: AsRef<str>, M: AsRef<str>>(
     let mut enc = FxHashMap::with_capacity_and_hasher(rank_to_id.len(), Default::default());
     for (rank, &id) in rank_to_id.iter().enumerate() {
         if id != u32::MAX {
-            enc.insert(row(id as usize).to_vec(), rank as Rank);
+            let mut key = Vec::new();
+            normal_token_bytes(id as usize, tokens[id as usize].as_ref(), &mut key)?;
+            enc.insert(key, rank as Rank);
         }
     }
     Ok((enc, rank_to_id))
