@@ -1,7 +1,7 @@
 //! The conversion pipeline: read and check everything, declare every tensor,
-//! write the header, then stream one tensor at a time
-//! (read -> f32 -> quantize -> write -> drop), so peak memory is about one
-//! output tensor plus a 4 MB work chunk, not the model.
+//! write the header, then stream tensor by tensor and, within a tensor, chunk
+//! by chunk of whole rows (read -> f32 -> quantize -> write -> drop), so peak
+//! memory is a few MB of work buffers plus the header, not the model.
 //!
 //! The file appears atomically: we write `.NAME.tmp-PID` in the output folder,
 //! fsync it and rename it over NAME; on any error (or cancellation) the
@@ -156,11 +156,11 @@ pub fn convert(
     meta.push("general.quantization_version", MetaValue::U32(2));
     meta.push("general.alignment", MetaValue::U32(32));
     hp.metadata(&mut meta);
-    vocab.metadata(&mut meta);
+    vocab.into_metadata(&mut meta);
 
     let mut w = GgufWriter::new();
-    for (k, v) in &meta.entries {
-        w.add(k.as_str(), to_value(v));
+    for (k, v) in meta.entries {
+        w.add(k, to_value(v));
     }
     for it in &items {
         w.add_tensor(&it.spec.gguf, &it.spec.gguf_dims(), it.dtype)
@@ -191,25 +191,25 @@ pub fn convert(
         .start(BufWriter::with_capacity(8 << 20, file))
         .map_err(|e| out_err(&e))?;
     let mut reports = Vec::with_capacity(items.len());
-    let mut chunk: Vec<f32> = Vec::new();
-    let mut check: Vec<f32> = Vec::new();
+    let mut work = Work::default();
     let mut written = 0u64;
     for it in &items {
         progress.tensor_start(&it.spec.gguf);
-        let (bytes, error) = convert_tensor(
+        let name = it.spec.gguf.as_str();
+        let mut sink = |bytes: &[u8]| {
+            stream
+                .write_tensor_chunk(name, bytes)
+                .map_err(|e| out_err(&e))
+        };
+        let error = convert_tensor(
             &ck,
             it,
             opts.measure_error,
-            &mut chunk,
-            &mut check,
+            &mut work,
+            &mut sink,
             progress,
             cancel,
         )?;
-        stream
-            .write_tensor(&it.spec.gguf, &bytes)
-            .map_err(|e| out_err(&e))?;
-        drop(bytes);
-        ck.release(it.src);
         written += it.n_bytes as u64;
         let report = TensorReport {
             name: it.spec.gguf.clone(),
@@ -267,29 +267,41 @@ fn max_abs(ck: &Checkpoint, t: &TensorEntry, cancel: &AtomicBool) -> Result<f32>
         }
         let len = CHUNK_ELEMS.min(n - i);
         ck.read_f32(t, i, &mut buf[..len])?;
+        ck.release_elements(t, i, len);
         m = buf[..len].iter().fold(m, |m, x| m.max(x.abs()));
         i += len;
     }
-    ck.release(t);
     Ok(m)
 }
 
-/// Convert one tensor chunk by chunk (whole rows, ~CHUNK_ELEMS values each).
+/// Buffers reused across tensors: one chunk of f32 values, its quantized
+/// bytes, and (for `-v`) its dequantized copy.
+#[derive(Default)]
+struct Work {
+    values: Vec<f32>,
+    quant: Vec<u8>,
+    check: Vec<f32>,
+}
+
+/// Convert one tensor chunk by chunk (whole rows, ~CHUNK_ELEMS values each),
+/// handing each chunk's bytes to `sink` as soon as it is quantized.
 fn convert_tensor(
     ck: &Checkpoint,
     it: &Item<'_>,
     measure: bool,
-    chunk: &mut Vec<f32>,
-    check: &mut Vec<f32>,
+    w: &mut Work,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     progress: &mut dyn Progress,
     cancel: &AtomicBool,
-) -> Result<(Vec<u8>, Option<ErrorStats>)> {
+) -> Result<Option<ErrorStats>> {
     let n = it.spec.n_elements();
     let row_len = it.spec.shape.last().copied().unwrap_or(1).max(1);
     let rows_per_chunk = (CHUNK_ELEMS / row_len).max(1);
     let step = rows_per_chunk * row_len;
-    let mut out = vec![0u8; it.n_bytes];
     let mut stats = measure.then(ErrorStats::default);
+    if n == 0 {
+        sink(&[])?;
+    }
     let mut i = 0;
     let mut out_pos = 0;
     while i < n {
@@ -297,16 +309,17 @@ fn convert_tensor(
             bail!("interrupted");
         }
         let len = step.min(n - i);
-        chunk.resize(len, 0.0);
-        ck.read_f32(it.src, i, chunk)?;
+        w.values.resize(len, 0.0);
+        ck.read_f32(it.src, i, &mut w.values)?;
+        ck.release_elements(it.src, i, len);
         if it.dtype == GgmlType::F16 {
             let lim = half::f16::MAX.to_f32();
-            if let Some(j) = chunk.iter().position(|x| x.abs() > lim) {
+            if let Some(j) = w.values.iter().position(|x| x.abs() > lim) {
                 bail!(
                     "{}: tensor {:?} value {} at element {} overflows f16 (max {lim}); use -t bf16 or -t f32",
                     ck.shard_path(it.src).display(),
                     it.src.name,
-                    chunk[j],
+                    w.values[j],
                     i + j
                 );
             }
@@ -315,7 +328,7 @@ fn convert_tensor(
             .dtype
             .row_bytes(len as u64)
             .and_then(|b| usize::try_from(b).ok())
-            .filter(|&b| out_pos + b <= out.len());
+            .filter(|&b| out_pos + b <= it.n_bytes);
         let Some(nb) = nb else {
             bail!(
                 "internal: chunk of {len} values of {} does not fit tensor {}",
@@ -323,20 +336,21 @@ fn convert_tensor(
                 it.spec.gguf
             );
         };
-        let dst = &mut out[out_pos..out_pos + nb];
-        reference::quantize_into(it.dtype, chunk, dst)
+        w.quant.resize(nb, 0);
+        reference::quantize_into(it.dtype, &w.values, &mut w.quant)
             .map_err(|e| Error::new(format!("tensor {}: {e}", it.spec.gguf)))?;
         if let Some(s) = stats.as_mut() {
-            check.resize(len, 0.0);
-            reference::dequantize(it.dtype, dst, check)
+            w.check.resize(len, 0.0);
+            reference::dequantize(it.dtype, &w.quant, &mut w.check)
                 .map_err(|e| Error::new(format!("tensor {}: {e}", it.spec.gguf)))?;
-            s.add(chunk, check);
+            s.add(&w.values, &w.check);
         }
+        sink(&w.quant)?;
         out_pos += nb;
         i += len;
         progress.advance(len as u64);
     }
-    Ok((out, stats))
+    Ok(stats)
 }
 
 fn model_name(cfg: &Config, dir: &Path) -> String {
@@ -355,15 +369,15 @@ fn model_name(cfg: &Config, dir: &Path) -> String {
     })
 }
 
-fn to_value(v: &MetaValue) -> Value {
+fn to_value(v: MetaValue) -> Value {
     match v {
-        MetaValue::U32(x) => Value::from(*x),
-        MetaValue::I32(x) => Value::from(*x),
-        MetaValue::F32(x) => Value::from(*x),
-        MetaValue::Bool(x) => Value::from(*x),
-        MetaValue::Str(s) => Value::from(s.clone()),
-        MetaValue::ArrStr(a) => Value::from(a.clone()),
-        MetaValue::ArrI32(a) => Value::from(a.clone()),
-        MetaValue::ArrU32(a) => Value::from(a.clone()),
+        MetaValue::U32(x) => Value::from(x),
+        MetaValue::I32(x) => Value::from(x),
+        MetaValue::F32(x) => Value::from(x),
+        MetaValue::Bool(x) => Value::from(x),
+        MetaValue::Str(s) => Value::from(s),
+        MetaValue::ArrStr(a) => Value::from(a),
+        MetaValue::ArrI32(a) => Value::from(a),
+        MetaValue::ArrU32(a) => Value::from(a),
     }
 }

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 const MAX_JSON_BYTES: u64 = 256 << 20;
 /// Largest safetensors header (the crate's own limit is 100 MB).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Bytes before a released range that are released too (see release_elements).
+const FAULT_AROUND: usize = 256 << 10;
 
 /// Read and parse a JSON file; errors name the path.
 pub fn read_json(path: &Path) -> Result<Value> {
@@ -482,16 +484,29 @@ impl Checkpoint {
     /// Drop the mapped pages of `t` from our resident set (they stay in the
     /// page cache), so peak RSS stays near one tensor rather than the model.
     pub fn release(&self, t: &TensorEntry) {
+        self.release_elements(t, 0, t.n_elements());
+    }
+
+    /// Like [`Checkpoint::release`] for elements `[first, first + n)` only,
+    /// so even one large tensor is never resident as a whole.
+    pub fn release_elements(&self, t: &TensorEntry, first: usize, n: usize) {
         let mmap = &self.shards[t.shard].mmap;
+        let es = t.dtype.size();
         let page = 4096;
-        let start = t.start / page * page;
-        let end = (t.start + t.n_bytes).min(mmap.len());
+        let lo = t.start + first.saturating_mul(es);
+        let hi = (t.start + first.saturating_add(n).saturating_mul(es)).min(t.start + t.n_bytes);
+        // Linux maps up to 64 KB of cached pages around each fault
+        // ("fault-around"), including pages before `lo` that an earlier call
+        // already dropped; reach back a little so they do not accumulate.
+        let start = lo.saturating_sub(FAULT_AROUND) / page * page;
+        let end = hi.min(mmap.len());
         if end <= start {
             return;
         }
         // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED
-        // only discards clean pages; later reads fault them back from the file.
-        // No slice into this range is alive across this call (read_f32 copies).
+        // only discards clean pages; later reads (including of a partial page
+        // shared with a neighbour) fault them back from the file. No slice into
+        // this range is alive across this call (read_f32 copies out).
         // Failure only costs memory, so the result is ignored.
         let _ = unsafe {
             mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)

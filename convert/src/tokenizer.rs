@@ -71,21 +71,14 @@ impl Vocab {
         Ok(v)
     }
 
-    pub fn metadata(&self, meta: &mut Meta) {
+    /// Append the tokenizer keys; consumes the vocabulary (no copies of the
+    /// 150k-entry token and merge lists).
+    pub fn into_metadata(self, meta: &mut Meta) {
         meta.push("tokenizer.ggml.model", MetaValue::Str("gpt2".into()));
-        meta.push("tokenizer.ggml.pre", MetaValue::Str(self.pre.clone()));
-        meta.push(
-            "tokenizer.ggml.tokens",
-            MetaValue::ArrStr(self.tokens.clone()),
-        );
-        meta.push(
-            "tokenizer.ggml.token_type",
-            MetaValue::ArrI32(self.types.clone()),
-        );
-        meta.push(
-            "tokenizer.ggml.merges",
-            MetaValue::ArrStr(self.merges.clone()),
-        );
+        meta.push("tokenizer.ggml.pre", MetaValue::Str(self.pre));
+        meta.push("tokenizer.ggml.tokens", MetaValue::ArrStr(self.tokens));
+        meta.push("tokenizer.ggml.token_type", MetaValue::ArrI32(self.types));
+        meta.push("tokenizer.ggml.merges", MetaValue::ArrStr(self.merges));
         if let Some(id) = self.bos {
             meta.push("tokenizer.ggml.bos_token_id", MetaValue::U32(id));
         }
@@ -96,17 +89,17 @@ impl Vocab {
             meta.push("tokenizer.ggml.padding_token_id", MetaValue::U32(id));
         }
         meta.push("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
-        if let Some(t) = &self.chat_template {
-            meta.push("tokenizer.chat_template", MetaValue::Str(t.clone()));
+        if let Some(t) = self.chat_template {
+            meta.push("tokenizer.chat_template", MetaValue::Str(t));
         }
         if self.nfc {
             meta.push("qwen_rs.tokenizer.normalizer", MetaValue::Str("NFC".into()));
         }
-        let g = &self.generation;
+        let g = self.generation;
         if !g.eos_token_ids.is_empty() {
             meta.push(
                 "qwen_rs.generation.eos_token_ids",
-                MetaValue::ArrU32(g.eos_token_ids.clone()),
+                MetaValue::ArrU32(g.eos_token_ids),
             );
         }
         if let Some(x) = g.temperature {
