@@ -121,7 +121,10 @@ impl MatmulScratch {
 }
 
 /// `y[t*rows + r] = sum_c W[r,c] * x[t*cols + c]`; `x`: [n_tok, cols], `y`: [n_tok, rows].
-/// No allocation; threads from rayon's current pool. Panics (a caller bug) when the
+/// No allocation; threads from rayon's current pool. Call it from inside the pool
+/// (`ThreadPool::install` around the whole generation loop): called from a thread
+/// outside the pool, every call hands its work to a worker and sleeps until it is
+/// done, a cross-thread round trip per matrix. Panics (a caller bug) when the
 /// slice lengths do not match the shapes or `w.cols` exceeds the scratch's `max_cols`.
 pub fn matmul(w: &QMatrix, x: &[f32], y: &mut [f32], n_tok: usize, scratch: &mut MatmulScratch) {
     matmul_with(kernels::active(), w, x, y, n_tok, scratch)

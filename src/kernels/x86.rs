@@ -3,8 +3,15 @@
 //! - `avx2`: AVX2 + FMA + F16C. Integer blocks with ggml's sign trick:
 //!   `maddubs(|w|, sign(x, w))` then `madd` with ones (`mul_sum_i8_pairs_float` in
 //!   ggml's `arch/x86/quants.c`).
-//! - `avx512`: adds AVX-512 F/BW/VL + VNNI: the pair sums become one `vpdpbusd`,
-//!   q5's high bits are a mask register, and float dots run 16 wide.
+//!   One block per step; q4_1/q5_1 (unsigned codes) skip the sign trick.
+//! - `avx512`: adds AVX-512 F/BW/VL + VNNI. Four blocks per step in two zmm
+//!   registers (see `avx512_impl`), one `vpdpbusd` per register, weights as unsigned
+//!   codes with the offset pre-summed in the activations, q5's fifth bits as mask
+//!   registers; float dots run 16 wide with masked loads for the ragged end.
+//!
+//! Rounding: integer block sums are exact, so every level differs from the scalar
+//! twin only in the order the per-block f32 products are added (and FMA rounding).
+//! The activation quantizer reproduces ggml's `_ref` rounding bit for bit.
 //!
 //! Every function with `#[target_feature]` is private; the safe wrappers in the
 //! tables are only reachable through [`avx2`] / [`avx512`], which return a table
