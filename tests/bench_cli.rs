@@ -1,0 +1,160 @@
+//! qwen-bench's command-line contract on a tiny model written in the test:
+//! `--json` prints one JSON object whose "pp" and "tg" come first, each
+//! {"tokens_per_s": X, "stddev": S} (the acceptance checks parse exactly this);
+//! the table mode prints pp/tg rows; errors are one line `error: …`, exit 1.
+
+#[path = "forward_common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+
+fn qwen_bench() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qwen-bench"))
+}
+
+/// A tiny Qwen2 file per test (tests run in parallel: no shared file).
+fn tiny(test: &str) -> PathBuf {
+    Tiny::new("qwen2").write(&scratch("bench_cli"), test)
+}
+
+fn bench(model: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["-f", model.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(&qwen_bench(), &args)
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    ok(o, "qwen-bench --json");
+    let text = String::from_utf8(o.stdout.clone()).expect("stdout is UTF-8");
+    assert_eq!(text.lines().count(), 1, "one line on stdout: {text}");
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// {"tokens_per_s": X > 0, "stddev": S >= 0}; returns X.
+fn speed(v: &serde_json::Value, test: &str) -> f64 {
+    let t = &v[test];
+    let x = t["tokens_per_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{test}.tokens_per_s missing: {v}"));
+    let s = t["stddev"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{test}.stddev missing: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{test} speed {x}");
+    assert!(s.is_finite() && s >= 0.0, "{test} stddev {s}");
+    x
+}
+
+#[test]
+fn json_has_pp_and_tg_first() {
+    let m = tiny("json_has_pp_and_tg_first");
+    let o = bench(&m, &["-p", "16", "-n", "8", "-t", "2", "-r", "2", "--json"]);
+    let v = json(&o);
+    speed(&v, "pp");
+    speed(&v, "tg");
+    // The contract's prefix, exactly: {"pp":{"tokens_per_s":X,"stddev":S},"tg":{...}...
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.starts_with("{\"pp\":{\"tokens_per_s\":"),
+        "stdout starts {text}"
+    );
+    let tg_at = text
+        .find(",\"tg\":{\"tokens_per_s\":")
+        .expect("tg follows pp");
+    assert!(text[..tg_at].contains(",\"stddev\":"), "{text}");
+    assert!(v["load_s"].as_f64().is_some_and(|x| x >= 0.0), "{v}");
+    assert!(v["peak_rss_mb"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert!(v["kernels"].as_str().is_some(), "{v}");
+    assert_eq!(v["threads"].as_u64(), Some(2), "{v}");
+}
+
+#[test]
+fn every_kernel_level_and_one_rep_without_warmup() {
+    let m = tiny("every_kernel_level_and_one_rep_without_warmup");
+    for level in ["scalar", "avx2", "avx512"] {
+        let args = [
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-t",
+            "1",
+            "-r",
+            "1",
+            "--no-warmup",
+            "--kernels",
+            level,
+            "--json",
+        ];
+        let o = bench(&m, &args);
+        if o.status.success() {
+            let v = json(&o);
+            speed(&v, "pp");
+            speed(&v, "tg");
+            // One run: the sample standard deviation is defined as 0.
+            assert_eq!(v["tg"]["stddev"].as_f64(), Some(0.0), "{v}");
+            assert_eq!(v["kernels"].as_str(), Some(level), "{v}");
+        } else {
+            // A level this CPU lacks is a clean one-line error.
+            let err = stderr(&o);
+            assert!(
+                err.starts_with("error: ") && err.contains(level),
+                "{level}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn skipped_test_is_null() {
+    let m = tiny("skipped_test_is_null");
+    let v = json(&bench(&m, &["-p", "0", "-n", "4", "-r", "1", "--json"]));
+    assert!(v["pp"].is_null(), "{v}");
+    speed(&v, "tg");
+}
+
+#[test]
+fn table_mode_and_verbose() {
+    let m = tiny("table_mode_and_verbose");
+    let o = bench(&m, &["-p", "8", "-n", "4", "-r", "2", "-v"]);
+    ok(&o, "qwen-bench table");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("| pp8 ") || out.contains(" pp8 |"), "{out}");
+    assert!(out.contains(" tg4 |"), "{out}");
+    assert!(out.contains("peak RSS"), "{out}");
+    assert!(stderr(&o).contains("kernels: "), "{}", stderr(&o));
+}
+
+#[test]
+fn errors_are_one_line() {
+    let m = tiny("errors_are_one_line");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["-r", "0"], "-r/--repetitions 0"),
+        (vec!["-p", "0", "-n", "0"], "nothing to measure"),
+        (vec!["-t", "0"], "-t/--threads 0"),
+        (vec!["--kernels", "sse9"], "sse9"),
+        (vec!["--bogus"], "--bogus"),
+    ];
+    for (args, needle) in cases {
+        let o = bench(&m, &args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}: stdout not empty");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+    let o = run(&qwen_bench(), &["-f", "/nonexistent/model.qbin", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error: cannot open /nonexistent/model.qbin"));
+    // Not a GGUF file.
+    let bad = scratch("bench_cli").join("not_gguf.qbin");
+    std::fs::write(&bad, b"this is not a model").unwrap();
+    let o = bench(&bad, &["--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+}
