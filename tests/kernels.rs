@@ -672,6 +672,14 @@ fn select_levels() {
         assert_eq!(kernels::level(), l);
     }
     let e = kernels::select(Some("sse9")).unwrap_err();
-    assert!(e.contains("sse9"), "{e}");
-    kernels::select(Some("scalar")).unwrap();
+    assert!(e.contains("sse9") && e.contains("scalar"), "{e}");
+    // QWEN_KERNELS is honoured when no level is given (no other test reads it).
+    std::env::set_var("QWEN_KERNELS", "scalar");
+    assert_eq!(kernels::select(None), Ok("scalar"));
+    std::env::set_var("QWEN_KERNELS", "bogus");
+    let e = kernels::select(None).unwrap_err();
+    assert!(e.contains("bogus"), "{e}");
+    std::env::remove_var("QWEN_KERNELS");
+    let best = kernels::select(None).unwrap();
+    assert_eq!(Some(&best), kernels::available().last());
 }
