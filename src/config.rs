@@ -301,7 +301,7 @@ fn rope_scaling(g: &Gguf, a: &str) -> Result<f32, ModelError> {
         None | Some("none") => Ok(1.0),
         Some("linear") => {
             let f = get_f32(g, &factor_key)?.unwrap_or(1.0);
-            if !(f.is_finite() && f >= 1.0 && f <= 1024.0) {
+            if !(f.is_finite() && (1.0..=1024.0).contains(&f)) {
                 return Err(ModelError::bad_key(
                     &factor_key,
                     format!("value {f} must be in 1..=1024"),

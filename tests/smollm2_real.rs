@@ -13,7 +13,7 @@
 #[path = "forward_common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -46,7 +46,7 @@ fn f16_conversion() -> PathBuf {
     out
 }
 
-fn generate(model: &PathBuf, n: &str) -> (String, String) {
+fn generate(model: &Path, n: &str) -> (String, String) {
     let o = run(
         &qwen_run(),
         &[
@@ -91,7 +91,7 @@ fn f16_conversion_answers_paris() {
 
 /// Ids of the real text: the reference's own (tests/fixtures/smollm2/reference.json)
 /// when present, else our tokenizer's.
-fn text_ids(model: &PathBuf) -> Vec<u32> {
+fn text_ids(model: &Path) -> Vec<u32> {
     let dir = root().join("tests/fixtures/smollm2");
     let reference = dir.join("reference.json");
     if reference.exists() {

@@ -430,7 +430,7 @@ impl<'s> StopWriter<'s> {
             })
             .min();
         if let Some(k) = hit {
-            out.write_all(self.text[self.printed..k].as_bytes())?;
+            out.write_all(&self.text.as_bytes()[self.printed..k])?;
             self.printed = k;
             out.flush()?;
             return Ok(true);
@@ -448,14 +448,14 @@ impl<'s> StopWriter<'s> {
             }
         }
         let upto = self.text.len() - hold;
-        out.write_all(self.text[self.printed..upto].as_bytes())?;
+        out.write_all(&self.text.as_bytes()[self.printed..upto])?;
         self.printed = upto;
         out.flush()?;
         Ok(false)
     }
 
     fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
-        out.write_all(self.text[self.printed..].as_bytes())?;
+        out.write_all(&self.text.as_bytes()[self.printed..])?;
         self.printed = self.text.len();
         out.flush()
     }
