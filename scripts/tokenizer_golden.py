@@ -2,7 +2,7 @@
 """Writes the tokenizer test corpus and its golden ids (tests/data/tokenizer/).
 
     python scripts/tokenizer_golden.py corpus    # (re)writes corpus.jsonl from the seeded generator
-    python scripts/tokenizer_golden.py golden    # writes golden_qwen1.jsonl and golden_qwen3.jsonl
+    python scripts/tokenizer_golden.py golden    # writes golden_{qwen1,qwen3,smollm2}.jsonl
 
 Goldens come from the reference implementations, never from our Rust code:
   * Qwen-1: NFC, then Python tiktoken over assets/qwen.tiktoken with Qwen-1's pattern and its
@@ -10,6 +10,9 @@ Goldens come from the reference implementations, never from our Rust code:
     allowed_special="all"; the same steps as QWenTokenizer.encode (tokenization_qwen.py).
   * Qwen3: HF `tokenizers` over assets/qwen3/tokenizer.json, add_special_tokens=False (added tokens
     written in the text are still matched, as transformers does).
+  * SmolLM2 (a non-Qwen vocabulary whose ids are not BPE ranks; pre-tokenizer "smollm"): HF
+    `tokenizers` over assets/smollm2-hf/tokenizer.json (SmolLM2's layout: Digits(individual) +
+    ByteLevel, no normalizer), rebuilt by scripts/smollm2_to_hf.py from the GGUF's vocabulary.
 Needs `pip install tiktoken tokenizers` and the assets from scripts/setup.sh.
 """
 
@@ -228,9 +231,13 @@ def qwen1_encode(enc, text: str) -> list[int]:
 
 
 def qwen3_tokenizer():
+    return hf_tokenizer("qwen3/tokenizer.json")
+
+
+def hf_tokenizer(rel: str):
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(need(ASSETS / "qwen3" / "tokenizer.json")))
+    return Tokenizer.from_file(str(need(ASSETS / rel)))
 
 
 def main() -> None:
@@ -243,11 +250,12 @@ def main() -> None:
         corpus = read_corpus()
         enc = qwen1_encoding()
         write_jsonl(DATA / "golden_qwen1.jsonl", ({"ids": qwen1_encode(enc, s)} for s in corpus))
-        tok = qwen3_tokenizer()
-        write_jsonl(
-            DATA / "golden_qwen3.jsonl",
-            ({"ids": tok.encode(s, add_special_tokens=False).ids} for s in corpus),
-        )
+        for name, rel in (("qwen3", "qwen3/tokenizer.json"), ("smollm2", "smollm2-hf/tokenizer.json")):
+            tok = hf_tokenizer(rel)
+            write_jsonl(
+                DATA / f"golden_{name}.jsonl",
+                ({"ids": tok.encode(s, add_special_tokens=False).ids} for s in corpus),
+            )
         print(f"wrote goldens for {len(corpus)} strings to {DATA}")
     else:
         sys.exit(__doc__)

@@ -204,3 +204,16 @@ fn qwen1_file_matches_tiktoken_goldens() {
     assert_eq!(t.token_to_id("<|extra_204|>"), Some(151_850));
     check_corpus(&t, "golden_qwen1.jsonl");
 }
+
+#[test]
+fn smollm2_file_matches_hf_goldens() {
+    // A file from elsewhere: llama arch, tokenizer.ggml.pre = "smollm", ids are not BPE ranks.
+    let bytes = std::fs::read(tv::asset("SmolLM2-135M-Instruct.Q4_1.gguf")).expect("read SmolLM2");
+    let g = Gguf::parse(&bytes).expect("parse SmolLM2");
+    let t = Tokenizer::from_gguf(&g).expect("Tokenizer::from_gguf");
+    assert_eq!(t.n_tokens(), 49_152);
+    assert!(!t.ranks_are_ids());
+    assert_eq!(t.normalization(), Normalization::None);
+    assert_eq!(t.eos_ids(), &[2]);
+    check_corpus(&t, "golden_smollm2.jsonl");
+}

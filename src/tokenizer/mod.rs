@@ -135,8 +135,8 @@ pub struct TokenizerConfig {
 /// A byte-level BPE tokenizer (see the module documentation).
 pub struct Tokenizer {
     bpe: CoreBPE,
-    /// `rank_to_id[rank]` when BPE ranks differ from token ids; None when they are equal
-    /// (every Qwen vocabulary).
+    /// `rank_to_id[rank]` when BPE ranks differ from token ids or some byte has no token
+    /// ([`NO_ID`]); None when ranks are ids (every Qwen vocabulary).
     rank_to_id: Option<Vec<u32>>,
     /// Bytes of every row, concatenated: normal tokens decoded from byte-level form, specials as
     /// their UTF-8 text, unused rows empty. Row `id` is `bytes[offsets[id]..offsets[id + 1]]`.
@@ -199,14 +199,14 @@ impl Tokenizer {
         // dominates the build time, and the per-row byte table used for decoding.
         let (bpe, rows) = rayon::join(
             || -> Result<(CoreBPE, Option<Vec<u32>>), TokenizerError> {
-                let (encoder, rank_to_id) = match scheme {
+                let (mut encoder, mut rank_to_id) = match scheme {
                     RankScheme::Ids(limit) => (identity_encoder(tokens, kinds, limit)?, None),
                     RankScheme::Merges(m) => {
                         let (enc, map) = ranked_encoder(tokens, kinds, m)?;
                         (enc, Some(map))
                     }
                 };
-                check_single_bytes(&encoder)?;
+                add_missing_bytes(&mut encoder, &mut rank_to_id);
                 let bpe = CoreBPE::new(encoder, FxHashMap::default(), config.pre.pattern())
                     .map_err(|e| TokenizerError::Regex(e.to_string()))?;
                 Ok((bpe, rank_to_id))
@@ -306,7 +306,12 @@ impl Tokenizer {
         let ranks: Vec<Rank> = self.bpe.encode_ordinary(&text);
         match &self.rank_to_id {
             None => out.extend_from_slice(&ranks),
-            Some(map) => out.extend(ranks.iter().map(|&r| map[r as usize])),
+            Some(map) => out.extend(
+                ranks
+                    .iter()
+                    .map(|&r| map[r as usize])
+                    .filter(|&id| id != NO_ID),
+            ),
         }
     }
 
@@ -575,14 +580,26 @@ fn ranked_encoder<T: AsRef<str>, M: AsRef<str>>(
     Ok((enc, rank_to_id))
 }
 
-/// tiktoken needs a rank for every single byte (it indexes its map with them).
-fn check_single_bytes(encoder: &FxHashMap<Vec<u8>, Rank>) -> Result<(), TokenizerError> {
-    for b in 0..=255u8 {
-        if !encoder.contains_key(&[b][..]) {
-            return Err(TokenizerError::Vocab(format!(
-                "no normal token for byte 0x{b:02x}; a byte-level vocabulary needs all 256"
-            )));
-        }
+/// Marks a rank that stands for no token (see [`add_missing_bytes`]).
+const NO_ID: u32 = u32::MAX;
+
+/// HF `tokenizers` (BPE without an unknown token) and llama.cpp drop a byte for which the
+/// vocabulary has no token (SmolLM2 lacks a few control bytes); tiktoken instead needs a rank for
+/// every byte. Each missing byte gets a rank above all others that maps to [`NO_ID`], and
+/// `encode` drops it. No merge can contain such a byte, so it never joins a neighbour.
+fn add_missing_bytes(encoder: &mut FxHashMap<Vec<u8>, Rank>, rank_to_id: &mut Option<Vec<u32>>) {
+    let missing: Vec<u8> = (0..=255u8)
+        .filter(|&b| !encoder.contains_key(&[b][..]))
+        .collect();
+    if missing.is_empty() {
+        return;
     }
-    Ok(())
+    let map = rank_to_id.get_or_insert_with(|| {
+        let end = encoder.values().max().map_or(0, |&r| r + 1);
+        (0..end).collect()
+    });
+    for b in missing {
+        encoder.insert(vec![b], map.len() as Rank);
+        map.push(NO_ID);
+    }
 }
