@@ -12,6 +12,7 @@ use half::{bf16, f16};
 use quant_formats::block::QK;
 use quant_formats::GgmlType;
 use rayon::prelude::*;
+use std::time::Instant;
 
 /// A weight matrix borrowed from the file: [rows, cols], row-major; a row is
 /// `cols` elements of `dtype`.
@@ -155,7 +156,11 @@ pub fn matmul_with(
     if n_tok == 0 || rows == 0 {
         return;
     }
-    let plan = Plan::new(k, rows, cols, n_tok);
+    let mut plan = Plan::new(k, rows, cols, n_tok);
+    // A parallel call that stalled (a worker descheduled mid-chunk) makes the next
+    // calls run on the calling thread alone for a while; see `stall`.
+    plan.parallel = plan.parallel && stall::allow_parallel();
+    let (key, start) = (stall::key(w.dtype, rows, cols, n_tok), Instant::now());
     match w.dtype {
         GgmlType::F32 => plan.run(k.f32, cast(w), cols, x, y, n_tok),
         GgmlType::F16 => plan.run(k.f16, cast::<f16>(w), cols, x, y, n_tok),
@@ -166,6 +171,27 @@ pub fn matmul_with(
         GgmlType::Q4_1 => plan.run_q(k.q4_1, k.quantize, cast(w), x, y, n_tok, scratch),
         GgmlType::Q5_1 => plan.run_q(k.q5_1, k.quantize, cast(w), x, y, n_tok, scratch),
         other => panic!("matmul: type {other} passed QMatrix::new but has no kernel"),
+    }
+    if plan.parallel {
+        stall::record(key, start.elapsed());
+    }
+}
+
+/// Counters of the busy-machine fallback (see `stall` below), since the process started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatmulStats {
+    /// Parallel calls that waited far longer than usual for a descheduled worker.
+    pub stalls: u64,
+    /// Calls that ran on the calling thread alone because of a recent stall.
+    pub serial_calls: u64,
+}
+
+/// The fallback's counters (e.g. for `qwen-bench -v`).
+pub fn stats() -> MatmulStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    MatmulStats {
+        stalls: stall::STALLS.load(Relaxed),
+        serial_calls: stall::SERIAL_CALLS.load(Relaxed),
     }
 }
 
@@ -276,5 +302,75 @@ impl Plan {
                 t0 += nt;
             }
         });
+    }
+}
+
+/// Sharing the machine. A parallel call waits for its slowest chunk; when a busy
+/// neighbour process gets a worker descheduled in the middle of a chunk, the call
+/// waits a whole scheduler slice (milliseconds) with the other core idle. Each
+/// parallel call is timed against the fastest recent call of the same shape; one
+/// that takes more than 4x that plus 0.2 ms counts as a stall, and the next
+/// `PENALTY` calls (64, doubling on each further stall up to 4096, halving after
+/// every 256 clean parallel calls) run on the calling thread alone, which keeps at
+/// least one-thread speed. Results are identical either way (same chunks, same
+/// kernels). Cost on a quiet machine: two clock reads and a few relaxed atomics per call.
+mod stall {
+    use quant_formats::GgmlType;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+    use std::time::Duration;
+
+    const SLOTS: usize = 64;
+    const MIN_PENALTY: u32 = 64;
+    const MAX_PENALTY: u32 = 4096;
+    /// Fastest recent parallel call per shape (hashed), in ns; 0 = none yet.
+    static BEST_NS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+    static SERIAL_LEFT: AtomicU32 = AtomicU32::new(0);
+    static PENALTY: AtomicU32 = AtomicU32::new(MIN_PENALTY);
+    static CLEAN: AtomicU32 = AtomicU32::new(0);
+    pub(super) static STALLS: AtomicU64 = AtomicU64::new(0);
+    pub(super) static SERIAL_CALLS: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn key(dtype: GgmlType, rows: usize, cols: usize, n_tok: usize) -> usize {
+        let mut h = dtype.tag() as u64;
+        for v in [rows, cols, n_tok] {
+            h = (h ^ v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        (h >> 58) as usize % SLOTS
+    }
+
+    /// False while a stall's penalty lasts (and counts one call off it).
+    pub(super) fn allow_parallel() -> bool {
+        let serial = SERIAL_LEFT
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if serial {
+            SERIAL_CALLS.fetch_add(1, Relaxed);
+        }
+        !serial
+    }
+
+    pub(super) fn record(key: usize, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let best = BEST_NS[key].load(Relaxed);
+        if best != 0 && ns > best.saturating_mul(4).saturating_add(200_000) {
+            STALLS.fetch_add(1, Relaxed);
+            let p = PENALTY.load(Relaxed);
+            SERIAL_LEFT.store(p, Relaxed);
+            PENALTY.store((p * 2).min(MAX_PENALTY), Relaxed);
+            CLEAN.store(0, Relaxed);
+        } else {
+            // Follow the fastest time, drifting up slowly so a lasting change is learnt.
+            let next = if best == 0 || ns < best {
+                ns
+            } else {
+                best + best / 64 + 1
+            };
+            BEST_NS[key].store(next, Relaxed);
+            if CLEAN.fetch_add(1, Relaxed) + 1 >= 256 {
+                CLEAN.store(0, Relaxed);
+                let p = PENALTY.load(Relaxed);
+                PENALTY.store((p / 2).max(MIN_PENALTY), Relaxed);
+            }
+        }
     }
 }
