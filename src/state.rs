@@ -3,6 +3,7 @@
 //! were seen before grows the logits buffer.
 
 use crate::config::Config;
+use crate::error::ModelError;
 use crate::matmul::MatmulScratch;
 
 pub struct State {
@@ -43,10 +44,42 @@ pub struct State {
     pub scratch: MatmulScratch,
 }
 
+/// A zeroed buffer. `vec![0.0; n]` gets pages the OS zeroes lazily, so a KV
+/// cache larger than what is used costs address space, not memory.
+fn zeros(n: usize) -> Vec<f32> {
+    vec![0.0; n]
+}
+
+/// Physical memory in bytes (Linux /proc/meminfo MemTotal), if known.
+fn mem_total() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// a * b * c..., or an error naming the buffer.
+fn product(what: &str, dims: &[usize]) -> Result<usize, ModelError> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| ModelError::Other(format!("the {what} size {dims:?} overflows")))
+}
+
 impl State {
     /// `n_ctx`: positions the KV cache holds; `max_batch`: tokens per forward
     /// chunk (prefill splits longer inputs). Both are at least 1.
+    ///
+    /// Aborts like any `Vec` when memory runs out; the CLI uses [`State::try_new`].
     pub fn new(cfg: &Config, n_ctx: usize, max_batch: usize) -> Self {
+        match Self::try_new(cfg, n_ctx, max_batch) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// As [`State::new`], but a KV cache or activation buffer that cannot be
+    /// allocated (e.g. a huge --ctx-size) is an error naming its size.
+    pub fn try_new(cfg: &Config, n_ctx: usize, max_batch: usize) -> Result<Self, ModelError> {
         let n_ctx = n_ctx.max(1);
         let b = max_batch.clamp(1, n_ctx);
         let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
@@ -58,29 +91,42 @@ impl State {
         let max_cols = e.max(qd).max(ff);
         let mut inv_freq = vec![0f32; half];
         crate::ops::rope_inv_freq(&mut inv_freq, cfg.rope_base as f64, cfg.rope_dim);
-        State {
+        let kv = product("KV cache", &[cfg.n_layer, n_ctx, kvd])?;
+        // Refuse a KV cache the machine cannot hold (a full one would be killed
+        // by the OOM killer mid-run); the activations are small next to it.
+        let kv_bytes = (kv as u64).saturating_mul(8);
+        if let Some(total) = mem_total() {
+            if kv_bytes > total {
+                return Err(ModelError::Other(format!(
+                    "the KV cache for {n_ctx} positions needs {} MiB, the machine has {} MiB (lower --ctx-size)",
+                    kv_bytes >> 20,
+                    total >> 20
+                )));
+            }
+        }
+        Ok(State {
             n_ctx,
             max_batch: b,
-            x: vec![0.0; b * e],
-            xb: vec![0.0; b * e],
-            xb2: vec![0.0; b * e],
-            qkv: vec![0.0; qkv_len],
-            q: vec![0.0; b * qd],
-            k: vec![0.0; b * kvd],
-            v: vec![0.0; b * kvd],
-            attn_out: vec![0.0; b * qd],
-            att: vec![0.0; cfg.n_head * n_ctx],
-            hb: vec![0.0; b * ff],
-            hb2: vec![0.0; b * ff],
-            rope_cos: vec![0.0; b * half],
-            rope_sin: vec![0.0; b * half],
+            x: zeros(b * e),
+            xb: zeros(b * e),
+            xb2: zeros(b * e),
+            qkv: zeros(qkv_len),
+            q: zeros(b * qd),
+            k: zeros(b * kvd),
+            v: zeros(b * kvd),
+            attn_out: zeros(b * qd),
+            att: zeros(product("attention scores", &[cfg.n_head, n_ctx])?),
+            hb: zeros(b * ff),
+            hb2: zeros(b * ff),
+            rope_cos: zeros(b * half),
+            rope_sin: zeros(b * half),
             inv_freq,
             ntk_alpha: 1.0,
-            k_cache: vec![0.0; cfg.n_layer * n_ctx * kvd],
-            v_cache: vec![0.0; cfg.n_layer * n_ctx * kvd],
-            logits: vec![0.0; cfg.n_vocab],
+            k_cache: zeros(kv),
+            v_cache: zeros(kv),
+            logits: zeros(cfg.n_vocab),
             scratch: MatmulScratch::new(b, max_cols),
-        }
+        })
     }
 
     /// Bytes held by the KV cache.

@@ -299,7 +299,9 @@ fn parse_ids(s: &str, n_vocab: usize) -> Res<Vec<u32>> {
 }
 
 fn dump_logits(model: &Model, ids: &[u32], n_ctx: usize, batch: usize, out: &PathBuf) -> Res<()> {
-    let mut st = model.new_state(n_ctx, batch);
+    let mut st = model
+        .try_new_state(n_ctx, batch)
+        .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let logits = model
         .forward(&mut st, ids, 0, true)
@@ -495,7 +497,9 @@ fn generate(
     }
     let mut sampler = Sampler::new(params).map_err(|e| e.to_string())?;
     let eos = stop_ids(tok);
-    let mut st = model.new_state(n_ctx, args.batch_size);
+    let mut st = model
+        .try_new_state(n_ctx, args.batch_size)
+        .map_err(|e| e.to_string())?;
 
     let t0 = Instant::now();
     let mut logits = model
@@ -576,6 +580,12 @@ fn chat(
     n_ctx: usize,
     params: SamplerParams,
 ) -> Res<()> {
+    // The session allocates its own State; find out first whether it fits.
+    drop(
+        model
+            .try_new_state(n_ctx, args.batch_size.min(n_ctx))
+            .map_err(|e| e.to_string())?,
+    );
     let template = qwen::chat::ChatTemplate::from_gguf(g, tok).map_err(|e| e.to_string())?;
     let opts = qwen::interactive::ChatOptions {
         template,

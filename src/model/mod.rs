@@ -81,6 +81,11 @@ impl<'a> Model<'a> {
         State::new(&self.config, n_ctx, max_batch)
     }
 
+    /// As [`Model::new_state`], but running out of memory is an error.
+    pub fn try_new_state(&self, n_ctx: usize, max_batch: usize) -> Result<State, ModelError> {
+        State::try_new(&self.config, n_ctx, max_batch)
+    }
+
     /// Evaluates tokens at positions start_pos.. (KV cache filled for them). Returns logits of the LAST token
     /// ([n_vocab]) or, if all_logits, of every token ([n_tokens * n_vocab]). Err if logits turn non-finite or ctx overflows.
     pub fn forward<'s>(
