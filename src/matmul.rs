@@ -349,28 +349,58 @@ mod stall {
         !serial
     }
 
+    /// A call of `ns` against the shape's fastest recent `best` (0 = none yet).
+    pub(super) fn is_stall(best: u64, ns: u64) -> bool {
+        best != 0 && ns > best.saturating_mul(4).saturating_add(200_000)
+    }
+
+    /// Follow the fastest time, drifting up slowly so a lasting change is learnt.
+    pub(super) fn next_best(best: u64, ns: u64) -> u64 {
+        if best == 0 || ns < best {
+            ns
+        } else {
+            best + best / 64 + 1
+        }
+    }
+
     pub(super) fn record(key: usize, took: Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let best = BEST_NS[key].load(Relaxed);
-        if best != 0 && ns > best.saturating_mul(4).saturating_add(200_000) {
+        if is_stall(best, ns) {
             STALLS.fetch_add(1, Relaxed);
             let p = PENALTY.load(Relaxed);
             SERIAL_LEFT.store(p, Relaxed);
             PENALTY.store((p * 2).min(MAX_PENALTY), Relaxed);
             CLEAN.store(0, Relaxed);
         } else {
-            // Follow the fastest time, drifting up slowly so a lasting change is learnt.
-            let next = if best == 0 || ns < best {
-                ns
-            } else {
-                best + best / 64 + 1
-            };
-            BEST_NS[key].store(next, Relaxed);
+            BEST_NS[key].store(next_best(best, ns), Relaxed);
             if CLEAN.fetch_add(1, Relaxed) + 1 >= 256 {
                 CLEAN.store(0, Relaxed);
                 let p = PENALTY.load(Relaxed);
                 PENALTY.store((p / 2).max(MIN_PENALTY), Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stall::{is_stall, key, next_best};
+    use quant_formats::GgmlType;
+
+    #[test]
+    fn stall_rule() {
+        // 80 us calls: a 3 ms wait is a stall, 300 us (noise) is not.
+        assert!(!is_stall(0, 5_000_000), "no reference yet");
+        assert!(!is_stall(80_000, 300_000));
+        assert!(is_stall(80_000, 3_000_000));
+        // Prefill-sized calls: 2x slower is not a stall, 5x is.
+        assert!(!is_stall(20_000_000, 40_000_000));
+        assert!(is_stall(20_000_000, 100_000_000));
+        // The reference follows faster calls at once and slower ones slowly.
+        assert_eq!(next_best(0, 70), 70);
+        assert_eq!(next_best(100, 70), 70);
+        assert_eq!(next_best(6400, 9000), 6501);
+        assert!(key(GgmlType::Q4_0, 896, 896, 1) < 64);
     }
 }
