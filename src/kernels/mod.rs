@@ -9,6 +9,14 @@
 //! All `unsafe` of the runtime lives under this directory. Every SIMD kernel has
 //! a safe signature over typed block slices; its table is only handed out after
 //! the CPU features it needs were detected at run time.
+//!
+//! Quantized weights are multiplied with activations quantized to 8 bits per block
+//! of 32 (ggml's q8_0 for q4_0/q5_0/q8_0 weights, q8_1 for q4_1/q5_1), stored as
+//! [`ActQ8x4`]. Float weights (f32, f16, bf16) are widened to f32 and dotted with the
+//! f32 activations (ggml rounds the activations to f16/bf16 instead; ours is the more
+//! exact of the two).
+//!
+//! Needs Rust 1.89 (AVX-512 intrinsics, safe `#[target_feature]` functions).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
