@@ -47,6 +47,8 @@ impl Progress for Silent {}
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub arch: Arch,
+    /// config.json `dtype` / `torch_dtype`, as declared.
+    pub config_dtype: Option<String>,
     pub hparams: Hparams,
     pub n_bytes: u64,
     pub reports: Vec<TensorReport>,
@@ -117,6 +119,7 @@ pub fn convert(
 
     // 1. Read and check everything before creating any file.
     let cfg = Config::load(dir)?;
+    let config_dtype = cfg.dtype()?.map(str::to_string);
     let hp = Hparams::from_config(&cfg)?;
     let ck = Checkpoint::open(dir)?;
     let specs = crate::arch::tensor_specs(&hp, &ck)?;
@@ -249,6 +252,7 @@ pub fn convert(
         .unwrap_or(written);
     Ok(Summary {
         arch: hp.arch,
+        config_dtype,
         hparams: hp,
         n_bytes,
         reports,

@@ -145,11 +145,12 @@ fn main() -> ExitCode {
         Ok(summary) => {
             if cli.verbose {
                 eprintln!(
-                    "wrote {} ({} arch, {} tensors, {} bytes)",
+                    "wrote {} ({} arch, {} tensors, {} bytes; source dtype {})",
                     opts.output.display(),
                     summary.arch.gguf_name(),
                     summary.reports.len(),
-                    summary.n_bytes
+                    summary.n_bytes,
+                    summary.config_dtype.as_deref().unwrap_or("not declared")
                 );
             }
             ExitCode::SUCCESS

@@ -431,3 +431,49 @@ fn overwrites_existing_output_atomically() {
     assert!(Gguf::parse(&bytes).is_ok());
     assert_eq!(out_dir.list(), vec!["m.qbin".to_string()]);
 }
+
+#[test]
+fn sliding_window_fields_become_extras_only_when_enabled() {
+    let dir = TempDir::new("model");
+    let out_dir = TempDir::new("out");
+    let s = Spec::new(Arch::Qwen2);
+    s.write(dir.path());
+    let out = out_dir.join("m.qbin");
+    assert_ok(&convert(dir.path(), &out, "q8_0", &[]));
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(Gguf::parse(&bytes)
+        .unwrap()
+        .get("qwen_rs.attention.sliding_window")
+        .is_none());
+    let mut cfg = s.config();
+    cfg["use_sliding_window"] = serde_json::json!(true);
+    write_json(&dir.join("config.json"), &cfg);
+    assert_ok(&convert(dir.path(), &out, "q8_0", &[]));
+    let bytes = std::fs::read(&out).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    assert_eq!(
+        g.get_u32("qwen_rs.attention.sliding_window").unwrap(),
+        Some(4096)
+    );
+    assert_eq!(
+        g.get_u32("qwen_rs.attention.max_window_layers").unwrap(),
+        Some(2)
+    );
+}
+
+#[test]
+fn qwen1_extras_past_vocab_are_dropped() {
+    // 261 ranks + 3 named specials + 16 of the 205 extras fit in 280 ids.
+    let dir = TempDir::new("model");
+    let out_dir = TempDir::new("out");
+    let mut s = Spec::new(Arch::Qwen);
+    s.n_vocab = 280;
+    s.write(dir.path());
+    let out = out_dir.join("m.qbin");
+    assert_ok(&convert(dir.path(), &out, "q8_0", &[]));
+    let bytes = std::fs::read(&out).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap().unwrap();
+    assert_eq!(tokens.len(), 280);
+    assert_eq!(tokens[279], "<|extra_15|>");
+}

@@ -331,3 +331,25 @@ fn ctrl_c_removes_temp_file() {
         out_dir.list()
     );
 }
+
+#[test]
+fn rope_scaling_is_rejected_not_dropped() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen2);
+    s.write(dir.path());
+    let mut cfg = s.config();
+    cfg["rope_scaling"] =
+        json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768});
+    write_json(&dir.join("config.json"), &cfg);
+    expect_error(dir.path(), &["config.json", "yarn"]);
+}
+
+#[test]
+fn qwen1_specials_must_fit_vocab() {
+    // 261 ranks + 3 named specials need vocab_size >= 264.
+    let mut s = Spec::new(Arch::Qwen);
+    s.n_vocab = 263;
+    let dir = TempDir::new("model");
+    s.write(dir.path());
+    expect_error(dir.path(), &["qwen.tiktoken", "<|im_end|>", "263"]);
+}
