@@ -618,7 +618,7 @@ fn handle(
                 eprintln!("[conversation cleared]");
             }
         }
-        Input::System(text) if text.is_empty() => eprintln!("usage: /system TEXT"),
+        Input::System("") => eprintln!("usage: /system TEXT"),
         Input::System(text) => match session.set_system(text) {
             Ok(()) if terminal => eprintln!("[system prompt replaced]"),
             Ok(()) => {}
