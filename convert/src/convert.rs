@@ -341,7 +341,7 @@ fn convert_tensor(
             );
         };
         w.quant.resize(nb, 0);
-        reference::quantize_into(it.dtype, &w.values, &mut w.quant)
+        quantize_rows(it.dtype, row_len, &w.values, &mut w.quant)
             .map_err(|e| Error::new(format!("tensor {}: {e}", it.spec.gguf)))?;
         if let Some(s) = stats.as_mut() {
             w.check.resize(len, 0.0);
@@ -355,6 +355,29 @@ fn convert_tensor(
         progress.advance(len as u64);
     }
     Ok(stats)
+}
+
+/// Quantize whole rows, split over the rayon pool in groups of rows. Rows are
+/// independent, so the bytes equal a serial `quantize_into` on any machine.
+fn quantize_rows(
+    dtype: GgmlType,
+    row_len: usize,
+    x: &[f32],
+    out: &mut [u8],
+) -> std::result::Result<(), quant_formats::QuantError> {
+    use rayon::prelude::*;
+    const PAR_ELEMS: usize = 1 << 16;
+    let rows_per_task = (PAR_ELEMS / row_len).max(1);
+    let row_bytes = dtype
+        .row_bytes(row_len as u64)
+        .and_then(|b| usize::try_from(b).ok());
+    match row_bytes {
+        Some(rb) if x.len() > PAR_ELEMS && rb * (x.len() / row_len) == out.len() => x
+            .par_chunks(rows_per_task * row_len)
+            .zip(out.par_chunks_mut(rows_per_task * rb))
+            .try_for_each(|(xs, os)| reference::quantize_into(dtype, xs, os)),
+        _ => reference::quantize_into(dtype, x, out),
+    }
 }
 
 fn model_name(cfg: &Config, dir: &Path) -> String {

@@ -276,9 +276,10 @@ fn qwen1_tiktoken_problems() {
 
 #[test]
 fn ctrl_c_removes_temp_file() {
-    // One big embedding so the conversion runs long enough to be interrupted.
+    // One big embedding (2^18 x 256 bf16, 128 MiB) so the conversion runs long
+    // enough (~0.5 s with -v in release) to be interrupted after the temp file appears.
     let mut s = Spec::new(Arch::Qwen2);
-    s.n_vocab = 1 << 17;
+    s.n_vocab = 1 << 18;
     s.n_embd = 256;
     s.n_head = 4;
     s.n_head_kv = 4;
@@ -286,7 +287,7 @@ fn ctrl_c_removes_temp_file() {
     s.n_layer = 1;
     s.n_ff = 256;
     s.tied = true;
-    s.src = Src::F32;
+    s.src = Src::Bf16;
     let dir = TempDir::new("model");
     s.write(dir.path());
     // the tokenizer needs vocab ids below n_vocab: ours are < 320, fine
