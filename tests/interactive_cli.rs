@@ -1,7 +1,7 @@
 //! `qwen-run -i` end to end on the real SmolLM2-135M-Instruct weights (assets/, from scripts/setup.sh):
 //! three turns through a pipe (the answer names Paris; turn 2 evaluates only its new tokens), one
-//! turn with -p, and Ctrl-C under a pseudo-terminal (it ends a long reply; the next question is
-//! still answered).
+//! turn with -p, and a pseudo-terminal session: Ctrl-C ends a long reply, the next question is still
+//! answered, arrow-up recalls it, and Ctrl-C at the prompt leaves.
 
 use std::io::{Read, Write};
 #[path = "forward_common/mod.rs"]
@@ -247,7 +247,7 @@ impl Screen {
 }
 
 #[test]
-fn ctrl_c_under_a_terminal_stops_the_reply_only() {
+fn ctrl_c_under_a_terminal_stops_the_reply_then_leaves_at_the_prompt() {
     use portable_pty::{native_pty_system, CommandBuilder, PtySize};
     let m = model();
     let pair = native_pty_system()
@@ -318,8 +318,15 @@ fn ctrl_c_under_a_terminal_stops_the_reply_only() {
         .unwrap();
     writer.flush().unwrap();
     let answered = screen.wait_for("Paris", after, 120);
+    let prompt = screen.wait_for("> ", answered, 120);
+    // Line editing with history: arrow up brings the question back.
+    writer.write_all(b"\x1b[A\r").unwrap();
+    writer.flush().unwrap();
+    let again = screen.wait_for("What is the capital of France?", prompt, 30);
+    let answered = screen.wait_for("Paris", again, 120);
     screen.wait_for("> ", answered, 120);
-    writer.write_all(b"/exit\r").unwrap();
+    // Ctrl-C at the prompt leaves.
+    writer.write_all(b"\x03").unwrap();
     writer.flush().unwrap();
     let t0 = Instant::now();
     let status = loop {
@@ -328,10 +335,11 @@ fn ctrl_c_under_a_terminal_stops_the_reply_only() {
         }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
-            "no exit after /exit:\n{}",
+            "no exit after Ctrl-C at the prompt:\n{}",
             screen.text()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
+    println!("{}", screen.text());
     assert!(status.success(), "{status:?}\n{}", screen.text());
 }
