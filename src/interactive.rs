@@ -660,8 +660,12 @@ fn run_terminal(session: &mut Session, verbose: bool) -> Result<(), String> {
                 if !line.trim().is_empty() {
                     let _ = rl.add_history_entry(line.as_str());
                 }
-                if !handle(session, &line, verbose, true)? {
-                    return Ok(());
+                // At a terminal a failed turn (a message too long for the context, a template
+                // error) is reported and the chat goes on; through a pipe it ends the program.
+                match handle(session, &line, verbose, true) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(e) => eprintln!("error: {e}"),
                 }
             }
             Err(ReadlineError::Interrupted) | Err(ReadlineError::Eof) => return Ok(()),

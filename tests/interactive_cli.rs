@@ -343,3 +343,34 @@ fn ctrl_c_under_a_terminal_stops_the_reply_then_leaves_at_the_prompt() {
     println!("{}", screen.text());
     assert!(status.success(), "{status:?}\n{}", screen.text());
 }
+
+#[test]
+fn a_message_longer_than_the_context_is_a_one_line_error() {
+    let m = model();
+    let mut child = qwen_run()
+        .args(["-f", m.to_str().unwrap(), "-i", "-c", "40", "--temp", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(
+            b"Tell me a long story about the history of the Roman empire and its fall please\n",
+        )
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("the context holds 40 (raise --ctx-size)"),
+        "{line}"
+    );
+}
