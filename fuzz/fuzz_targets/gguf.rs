@@ -61,5 +61,15 @@ fuzz_target!(|data: &[u8]| {
             let _ = tpl.render(&msgs, true);
         }
     }
-    let _ = qwen::weights::scan_non_finite(&g);
+    // Known bug, reported: scan_non_finite allocates a row of dims[0] floats
+    // even for a tensor with zero elements ([2^40, 0] aborts on allocation;
+    // regression in tests/hostile_cli.rs zero_sized_dims_with_huge_rows). Skip
+    // those files here so the fuzzer keeps exploring; drop the guard once fixed.
+    let huge_empty_row = g
+        .tensors
+        .iter()
+        .any(|t| t.n_elements() == 0 && t.row_len() > 1 << 24);
+    if !huge_empty_row {
+        let _ = qwen::weights::scan_non_finite(&g);
+    }
 });
