@@ -4,10 +4,10 @@
 //! `cargo bench --bench kernels -- matvec_0.5b`. Groups:
 //! - `read_bandwidth`: sum of a 1 GiB buffer with 2 threads: the memory read bandwidth
 //!   that bounds decode (bytes of weights per token / bandwidth = best step time).
-//! - `kernel_decode/<level>/<type>`: one thread, one token, a 512x896 matrix that stays
-//!   in L2: the kernel's own speed in GB/s of weights.
-//! - `kernel_prefill/<level>/<type>`: the same matrix against 64 tokens: GFLOP/s
-//!   (criterion's "elem/s" counts flops: 2 per multiply-add).
+//! - `kernel_decode/<level>/<type>`: the tile kernels alone (no threads, activations
+//!   quantized beforehand), one token, a 512x896 matrix that stays in L2: GB/s of weights.
+//! - `kernel_prefill/<level>/<type>`: the same against 64 tokens: GFLOP/s (criterion's
+//!   "elem/s" counts flops: 2 per multiply-add).
 //! - `matvec_0.5b/<type>`: the 24 layers of Qwen2.5-0.5B-shaped matrices (q 896x896,
 //!   k/v 128x896, o 896x896, gate/up 4864x896, down 896x4864; 179 MB in q4_0), one token,
 //!   2 threads, best kernel level: GB/s of weights, to hold against `read_bandwidth`.
@@ -15,7 +15,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use quant_formats::GgmlType;
-use qwen::kernels;
+use qwen::kernels::{self, ActQ8x4};
 use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
 use rayon::prelude::*;
 use std::time::Duration;
@@ -106,9 +106,52 @@ fn read_bandwidth(c: &mut Criterion) {
     g.finish();
 }
 
+/// One tile call per (row, block of tokens) over a whole matrix, on this thread: the
+/// kernel alone, without matmul's threads or activation quantization.
+fn run_tiles<W: bytemuck::Pod>(
+    tile: fn(&[W], &[ActQ8x4], &mut [f32]),
+    w: &[W],
+    nb: usize,
+    acts: &[ActQ8x4],
+    n_tok: usize,
+    tile_t: usize,
+    y: &mut [f32],
+) {
+    let ng = acts.len() / n_tok;
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let nt = tile_t.min(n_tok - t0);
+        let xs = &acts[t0 * ng..(t0 + nt) * ng];
+        for (r, wr) in w.chunks_exact(nb).enumerate() {
+            tile(wr, xs, &mut y[r * 8..r * 8 + nt]);
+        }
+        t0 += nt;
+    }
+}
+
+fn run_float_tiles<W: bytemuck::Pod>(
+    tile: fn(&[W], &[f32], &mut [f32]),
+    w: &[W],
+    cols: usize,
+    x: &[f32],
+    n_tok: usize,
+    tile_t: usize,
+    y: &mut [f32],
+) {
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let nt = tile_t.min(n_tok - t0);
+        let xs = &x[t0 * cols..(t0 + nt) * cols];
+        for (r, wr) in w.chunks_exact(cols).enumerate() {
+            tile(wr, xs, &mut y[r * 8..r * 8 + nt]);
+        }
+        t0 += nt;
+    }
+}
+
 fn kernel(c: &mut Criterion) {
     let (rows, cols) = (512, 896);
-    let p = pool(1);
+    let nb = cols / 32;
     for (group, n_tok) in [("kernel_decode", 1usize), ("kernel_prefill", 64)] {
         let mut g = c.benchmark_group(group);
         g.sample_size(20)
@@ -121,17 +164,94 @@ fn kernel(c: &mut Criterion) {
                     continue; // slow and says little
                 }
                 let data = Aligned::new(&weights(dtype, rows, cols, 1));
-                let w = QMatrix::new("w", dtype, rows, cols, data.bytes()).expect("valid matrix");
+                let bytes = data.bytes();
                 let x = activations(n_tok * cols);
-                let mut y = vec![0.0f32; n_tok * rows];
-                let mut scratch = MatmulScratch::new(n_tok, cols);
+                let mut acts = vec![ActQ8x4::default(); n_tok * kernels::act_groups(nb)];
+                for (a, xt) in acts.chunks_mut(kernels::act_groups(nb)).zip(x.chunks(cols)) {
+                    (k.quantize)(xt, a);
+                }
+                let mut y = vec![0.0f32; rows * 8];
+                let tt = k.tile_tokens;
                 g.throughput(if n_tok == 1 {
-                    Throughput::Bytes(data.bytes().len() as u64)
+                    Throughput::Bytes(bytes.len() as u64)
                 } else {
                     Throughput::Elements((2 * rows * cols * n_tok) as u64)
                 });
                 g.bench_with_input(BenchmarkId::new(level, dtype.name()), &(), |b, _| {
-                    b.iter(|| p.install(|| matmul_with(k, &w, &x, &mut y, n_tok, &mut scratch)))
+                    b.iter(|| match dtype {
+                        GgmlType::Q4_0 => run_tiles(
+                            k.q4_0,
+                            bytemuck::cast_slice(bytes),
+                            nb,
+                            &acts,
+                            n_tok,
+                            tt,
+                            &mut y,
+                        ),
+                        GgmlType::Q4_1 => run_tiles(
+                            k.q4_1,
+                            bytemuck::cast_slice(bytes),
+                            nb,
+                            &acts,
+                            n_tok,
+                            tt,
+                            &mut y,
+                        ),
+                        GgmlType::Q5_0 => run_tiles(
+                            k.q5_0,
+                            bytemuck::cast_slice(bytes),
+                            nb,
+                            &acts,
+                            n_tok,
+                            tt,
+                            &mut y,
+                        ),
+                        GgmlType::Q5_1 => run_tiles(
+                            k.q5_1,
+                            bytemuck::cast_slice(bytes),
+                            nb,
+                            &acts,
+                            n_tok,
+                            tt,
+                            &mut y,
+                        ),
+                        GgmlType::Q8_0 => run_tiles(
+                            k.q8_0,
+                            bytemuck::cast_slice(bytes),
+                            nb,
+                            &acts,
+                            n_tok,
+                            tt,
+                            &mut y,
+                        ),
+                        GgmlType::F16 => run_float_tiles(
+                            k.f16,
+                            bytemuck::cast_slice(bytes),
+                            cols,
+                            &x,
+                            n_tok,
+                            tt,
+                            &mut y,
+                        ),
+                        GgmlType::Bf16 => run_float_tiles(
+                            k.bf16,
+                            bytemuck::cast_slice(bytes),
+                            cols,
+                            &x,
+                            n_tok,
+                            tt,
+                            &mut y,
+                        ),
+                        _ => run_float_tiles(
+                            k.f32,
+                            bytemuck::cast_slice(bytes),
+                            cols,
+                            &x,
+                            n_tok,
+                            tt,
+                            &mut y,
+                        ),
+                    })
                 });
             }
         }
