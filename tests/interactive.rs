@@ -282,3 +282,56 @@ fn stop_strings_and_limits() {
     assert!(out.is_empty());
     assert_eq!(s.history().len(), 1);
 }
+
+/// A Qwen-1 file (tiny random fixture, converted): ChatML with the default system prompt; <|im_end|> and <|endoftext|> end a reply.
+#[test]
+fn qwen1_files_chat_in_chatml() {
+    let out = scratch("chat").join("qwen1.f32.gguf");
+    convert(&root().join("tests/fixtures/hf/qwen1"), &out, "f32");
+    let file = ModelFile::open(&out).unwrap();
+    let g = file.gguf().unwrap();
+    // qwen-convert writes ChatML into Qwen-1 files; files without a template get the same built in.
+    if let Some(t) = g.get_str("tokenizer.chat_template").unwrap() {
+        assert_eq!(t, qwen::chat::CHATML);
+    }
+    let model = Model::load(&g).unwrap();
+    let tok = Tokenizer::from_gguf(&g).unwrap();
+    let template = ChatTemplate::from_gguf(&g, &tok).unwrap();
+    assert!(!template.has_default_system());
+    let sys = template.initial_system(None).unwrap().unwrap();
+    let text = template
+        .render(&[sys, qwen::chat::Message::user("hi")], true)
+        .unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
+
+    let mut opts = options(template, 256, 6);
+    opts.sampler = SamplerParams {
+        seed: 3,
+        ..SamplerParams::default()
+    };
+    let mut s = Session::new(&model, &tok, &opts).unwrap();
+    for special in ["<|im_end|>", "<|endoftext|>"] {
+        let id = tok.token_to_id(special).unwrap();
+        assert!(
+            s.stop_ids().contains(&id),
+            "{special} ({id}) is not a stop id: {:?}",
+            s.stop_ids()
+        );
+    }
+    // A random model says random things; what matters is the bookkeeping.
+    let never = AtomicBool::new(false);
+    let mut total_prev = 0;
+    for (i, q) in ["hi", "and then?"].iter().enumerate() {
+        let mut out = Vec::new();
+        let st = s.turn(q, &mut out, &never).unwrap();
+        assert_eq!(st.turn, i + 1);
+        assert_eq!(st.cache_before, total_prev);
+        assert!(st.cached <= st.cache_before && st.evaluated >= 1);
+        assert!(st.generated <= 6);
+        total_prev = s.evaluated().len();
+        assert_eq!(st.ctx_used, total_prev);
+    }
+}
