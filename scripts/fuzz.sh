@@ -55,9 +55,20 @@ fi
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL_TARGETS[@]}")
 
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+BIN_DIR="fuzz/target/$HOST/release"
 echo "building ${TARGETS[*]} (sanitizer: $SANITIZER)"
 for t in "${TARGETS[@]}"; do
-    "${FUZZ[@]}" build "${BUILD_FLAGS[@]}" "$t"
+    if ! "${FUZZ[@]}" build "${BUILD_FLAGS[@]}" "$t"; then
+        # The workspace is shared: if someone's half-written file breaks the
+        # build, fuzz the last good binary rather than nothing (KEEP_OLD=0 to refuse).
+        if [ "${KEEP_OLD:-1}" = 1 ] && [ -x "$BIN_DIR/$t" ]; then
+            echo "warning: build of $t failed; fuzzing the previous binary $BIN_DIR/$t" >&2
+        else
+            echo "error: build of $t failed" >&2
+            exit 1
+        fi
+    fi
 done
 
 # libFuzzer options: inputs up to 64 KB (seeds are < 20 KB), 10 s per input,
@@ -71,8 +82,9 @@ run_one() {
     local log="fuzz/logs/$t.log"
     echo "fuzzing $t for ${TIME}s -> $log"
     local rc=0
-    nice -n 19 "${FUZZ[@]}" run "${BUILD_FLAGS[@]}" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
-        "${LIBFUZZER_ARGS[@]}" -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1 || rc=$?
+    # What `cargo fuzz run` does, without its rebuild: new inputs go to the first folder.
+    nice -n 19 "$BIN_DIR/$t" "${LIBFUZZER_ARGS[@]}" -artifact_prefix="fuzz/artifacts/$t/" \
+        "fuzz/corpus/$t" "fuzz/seeds/$t" >"$log" 2>&1 || rc=$?
     local stats
     stats=$(grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' "$log" | tr '\n' ' ')
     echo "$t: exit $rc; $stats; corpus $(ls "fuzz/corpus/$t" | wc -l) files; artifacts: $(ls "fuzz/artifacts/$t" | tr '\n' ' ')"
