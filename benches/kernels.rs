@@ -130,7 +130,7 @@ fn run_tiles<W: bytemuck::Pod>(
 }
 
 fn run_float_tiles<W: bytemuck::Pod>(
-    tile: fn(&[W], &[f32], &mut [f32]),
+    tile: kernels::FloatTileFn<W>,
     w: &[W],
     cols: usize,
     x: &[f32],
@@ -142,8 +142,8 @@ fn run_float_tiles<W: bytemuck::Pod>(
     while t0 < n_tok {
         let nt = tile_t.min(n_tok - t0);
         let xs = &x[t0 * cols..(t0 + nt) * cols];
-        for (r, wr) in w.chunks_exact(cols).enumerate() {
-            tile(wr, xs, &mut y[r * 8..r * 8 + nt]);
+        for (r, wr) in w.chunks_exact(4 * cols).enumerate() {
+            tile(wr, 4, xs, &mut y[r * 32..r * 32 + 4 * nt]);
         }
         t0 += nt;
     }
@@ -170,7 +170,7 @@ fn kernel(c: &mut Criterion) {
                 for (a, xt) in acts.chunks_mut(kernels::act_groups(nb)).zip(x.chunks(cols)) {
                     (k.quantize)(xt, a);
                 }
-                let mut y = vec![0.0f32; rows * 8];
+                let mut y = vec![0.0f32; rows * 32];
                 let tt = k.tile_tokens;
                 g.throughput(if n_tok == 1 {
                     Throughput::Bytes(bytes.len() as u64)

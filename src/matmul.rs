@@ -7,7 +7,9 @@
 //! weight block is read from memory once per block of tokens (prefill is a GEMM,
 //! decode a streaming GEMV).
 
-use crate::kernels::{self, act_groups, ActQ8x4, Kernels, MAX_TILE_TOKENS};
+use crate::kernels::{
+    self, act_groups, ActQ8x4, FloatTileFn, Kernels, MAX_FLOAT_ROWS, MAX_TILE_TOKENS,
+};
 use half::{bf16, f16};
 use quant_formats::block::QK;
 use quant_formats::GgmlType;
@@ -162,9 +164,9 @@ pub fn matmul_with(
     plan.parallel = plan.parallel && stall::allow_parallel();
     let (key, start) = (stall::key(w.dtype, rows, cols, n_tok), Instant::now());
     match w.dtype {
-        GgmlType::F32 => plan.run(k.f32, cast(w), cols, x, y, n_tok),
-        GgmlType::F16 => plan.run(k.f16, cast::<f16>(w), cols, x, y, n_tok),
-        GgmlType::Bf16 => plan.run(k.bf16, cast::<bf16>(w), cols, x, y, n_tok),
+        GgmlType::F32 => plan.run_float(k.f32, cast(w), cols, x, y, n_tok),
+        GgmlType::F16 => plan.run_float(k.f16, cast::<f16>(w), cols, x, y, n_tok),
+        GgmlType::Bf16 => plan.run_float(k.bf16, cast::<bf16>(w), cols, x, y, n_tok),
         GgmlType::Q8_0 => plan.run_q(k.q8_0, k.quantize, cast(w), x, y, n_tok, scratch),
         GgmlType::Q4_0 => plan.run_q(k.q4_0, k.quantize, cast(w), x, y, n_tok, scratch),
         GgmlType::Q5_0 => plan.run_q(k.q5_0, k.quantize, cast(w), x, y, n_tok, scratch),
@@ -269,6 +271,46 @@ impl Plan {
                 nt,
             );
         }
+    }
+
+    /// Float weights `w` ([rows, n]) against f32 activations `x` ([n_tok, n]): tiles of
+    /// up to 4 rows x `tile_t` tokens, so each loaded weight and activation vector
+    /// feeds several multiply-adds.
+    fn run_float<W: Sync>(
+        &self,
+        tile: FloatTileFn<W>,
+        w: &[W],
+        n: usize,
+        x: &[f32],
+        y: &mut [f32],
+        n_tok: usize,
+    ) {
+        let rows = y.len() / n_tok;
+        debug_assert_eq!(w.len(), rows * n);
+        let tile_t = self.tile_t;
+        kernels::for_each_row_chunk(y, rows, n_tok, self.chunk, self.parallel, |mut out| {
+            let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_FLOAT_ROWS];
+            let mut col = [0.0f32; MAX_TILE_TOKENS];
+            let range = out.rows();
+            let mut t0 = 0;
+            while t0 < n_tok {
+                let nt = tile_t.min(n_tok - t0);
+                let xs = &x[t0 * n..(t0 + nt) * n];
+                let mut r = range.start;
+                while r < range.end {
+                    let rr = MAX_FLOAT_ROWS.min(range.end - r);
+                    tile(&w[r * n..(r + rr) * n], rr, xs, &mut buf[..nt * rr]);
+                    for i in 0..rr {
+                        for (t, c) in col[..nt].iter_mut().enumerate() {
+                            *c = buf[t * rr + i];
+                        }
+                        out.write(r + i, t0, &col[..nt]);
+                    }
+                    r += rr;
+                }
+                t0 += nt;
+            }
+        });
     }
 
     /// `y` ([n_tok, rows]) from weights `w` ([rows, nb]) and activations `acts`

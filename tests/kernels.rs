@@ -410,47 +410,41 @@ fn float_case<T: Copy + bytemuck::Pod>(
     let mut rng = Rng(7);
     let lens: Vec<usize> = (1..=70).chain([127, 128, 129, 896, 1000, 4864]).collect();
     for n in lens {
-        let w: Vec<T> = (0..n)
-            .map(|i| from(if i % 13 == 5 { 0.0 } else { rng.f() * 4.0 }))
-            .collect();
-        let x: Vec<f32> = (0..n).map(|_| rng.f() * 2.0).collect();
-        let exact: f64 = w
-            .iter()
-            .zip(&x)
-            .map(|(&a, &b)| to(a) as f64 * b as f64)
-            .sum();
-        let mag: f64 = w
-            .iter()
-            .zip(&x)
-            .map(|(&a, &b)| (to(a) as f64 * b as f64).abs())
-            .sum();
-        let tol = 2e-6 * mag + 1e-30;
         for k in std::iter::once(&generic::SCALAR).chain(levels()) {
-            let mut got = [0.0f32];
-            tile(k)(&w, &x, &mut got);
-            check_close(&format!("{name} {} n={n}", k.name), got[0], exact, tol);
-            for nt in 2..=k.tile_tokens {
-                let xs: Vec<f32> = (0..nt * n).map(|_| rng.f()).collect();
-                let mut out = vec![0.0f32; nt];
-                tile(k)(&w, &xs, &mut out);
-                for t in 0..nt {
-                    let xt = &xs[t * n..(t + 1) * n];
-                    let e: f64 = w
-                        .iter()
-                        .zip(xt)
-                        .map(|(&a, &b)| to(a) as f64 * b as f64)
-                        .sum();
-                    let m: f64 = w
-                        .iter()
-                        .zip(xt)
-                        .map(|(&a, &b)| (to(a) as f64 * b as f64).abs())
-                        .sum();
-                    check_close(
-                        &format!("{name} {} tile nt={nt} t={t} n={n}", k.name),
-                        out[t],
-                        e,
-                        2e-6 * m + 1e-30,
-                    );
+            for rows in 1..=kernels::MAX_FLOAT_ROWS {
+                let nts: Vec<usize> = if n <= 70 {
+                    vec![1, k.tile_tokens]
+                } else {
+                    (1..=k.tile_tokens).collect()
+                };
+                for nt in nts {
+                    let w: Vec<T> = (0..rows * n)
+                        .map(|i| from(if i % 13 == 5 { 0.0 } else { rng.f() * 4.0 }))
+                        .collect();
+                    let x: Vec<f32> = (0..nt * n).map(|_| rng.f() * 2.0).collect();
+                    let mut out = vec![f32::NAN; nt * rows];
+                    tile(k)(&w, rows, &x, &mut out);
+                    for t in 0..nt {
+                        for r in 0..rows {
+                            let (wr, xt) = (&w[r * n..(r + 1) * n], &x[t * n..(t + 1) * n]);
+                            let e: f64 = wr
+                                .iter()
+                                .zip(xt)
+                                .map(|(&a, &b)| to(a) as f64 * b as f64)
+                                .sum();
+                            let m: f64 = wr
+                                .iter()
+                                .zip(xt)
+                                .map(|(&a, &b)| (to(a) as f64 * b as f64).abs())
+                                .sum();
+                            check_close(
+                                &format!("{name} {} n={n} rows={rows} nt={nt} r={r} t={t}", k.name),
+                                out[t * rows + r],
+                                e,
+                                2e-6 * m + 1e-30,
+                            );
+                        }
+                    }
                 }
             }
         }

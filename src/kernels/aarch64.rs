@@ -250,22 +250,23 @@ macro_rules! float_tile {
             }
         }
 
-        fn $name(w: &[$w], x: &[f32], out: &mut [f32]) {
-            let nt = out.len();
-            assert!(
-                (1..=4).contains(&nt) && x.len() == w.len() * nt,
-                "tile: {} activations for {nt} tokens x {} weights (max 4 tokens)",
-                x.len(),
-                w.len()
-            );
-            // SAFETY: only reachable through the table `neon()` returns after checking
-            // NEON and fp16 at run time; lengths checked above.
-            unsafe {
-                match nt {
-                    1 => $inner::<1>(w, x, out),
-                    2 => $inner::<2>(w, x, out),
-                    3 => $inner::<3>(w, x, out),
-                    _ => $inner::<4>(w, x, out),
+        fn $name(w: &[$w], rows: usize, x: &[f32], out: &mut [f32]) {
+            let (n, nt) = super::float_tile_shape(w.len(), rows, x.len(), out.len(), 4);
+            let mut col = [0.0f32; 4];
+            for r in 0..rows {
+                // SAFETY: only reachable through the table `neon()` returns after checking
+                // NEON and fp16 at run time; shapes checked above.
+                unsafe {
+                    let (wr, c) = (&w[r * n..(r + 1) * n], &mut col[..nt]);
+                    match nt {
+                        1 => $inner::<1>(wr, x, c),
+                        2 => $inner::<2>(wr, x, c),
+                        3 => $inner::<3>(wr, x, c),
+                        _ => $inner::<4>(wr, x, c),
+                    }
+                }
+                for t in 0..nt {
+                    out[t * rows + r] = col[t];
                 }
             }
         }

@@ -230,6 +230,22 @@ tile_from_dot!(tile_q4_1, vec_dot_q4_1, BlockQ4_1, ActQ8x4, act_groups);
 tile_from_dot!(tile_q5_0, vec_dot_q5_0, BlockQ5_0, ActQ8x4, act_groups);
 tile_from_dot!(tile_q5_1, vec_dot_q5_1, BlockQ5_1, ActQ8x4, act_groups);
 tile_from_dot!(tile_q8_0, vec_dot_q8_0, BlockQ8_0, ActQ8x4, act_groups);
-tile_from_dot!(tile_f32, vec_dot_f32, f32, f32, |n| n);
-tile_from_dot!(tile_f16, vec_dot_f16_f32, f16, f32, |n| n);
-tile_from_dot!(tile_bf16, vec_dot_bf16_f32, bf16, f32, |n| n);
+
+/// A float tile from a dot product: `out[t * rows + r] = dot(w[r], x[t])`.
+macro_rules! float_tile_from_dot {
+    ($name:ident, $dot:ident, $w:ty) => {
+        #[doc = concat!("Float tile of `", stringify!($dot), "`: `out[t * rows + r] = dot(w[r], x[t])`.")]
+        pub fn $name(w: &[$w], rows: usize, x: &[f32], out: &mut [f32]) {
+            let (n, nt) = super::float_tile_shape(w.len(), rows, x.len(), out.len(), super::MAX_TILE_TOKENS);
+            for t in 0..nt {
+                for r in 0..rows {
+                    out[t * rows + r] = $dot(&w[r * n..(r + 1) * n], &x[t * n..(t + 1) * n]);
+                }
+            }
+        }
+    };
+}
+
+float_tile_from_dot!(tile_f32, vec_dot_f32, f32);
+float_tile_from_dot!(tile_f16, vec_dot_f16_f32, f16);
+float_tile_from_dot!(tile_bf16, vec_dot_bf16_f32, bf16);

@@ -105,8 +105,13 @@ pub const fn act_groups(nb: usize) -> usize {
 /// matching lengths (checked; a violation panics, it is a bug).
 pub type TileFn<W> = fn(w: &[W], x: &[ActQ8x4], out: &mut [f32]);
 
-/// A float tile: `w`: [n] weights of one row, `x`: [out.len(), n] f32 activations.
-pub type FloatTileFn<W> = fn(w: &[W], x: &[f32], out: &mut [f32]);
+/// Most weight rows a float tile takes in one call.
+pub const MAX_FLOAT_ROWS: usize = 4;
+
+/// A float tile: `rows` weight rows against `nt` tokens of f32 activations.
+/// `w`: [rows, n]; `x`: [nt, n]; `out`: [nt, rows] (`out[t * rows + r]`), with
+/// `1 <= rows <= MAX_FLOAT_ROWS`, `1 <= nt <= Kernels::tile_tokens` (checked).
+pub type FloatTileFn<W> = fn(w: &[W], rows: usize, x: &[f32], out: &mut [f32]);
 
 /// One instruction-set level: every kernel the matmul needs.
 #[derive(Debug)]
@@ -228,13 +233,13 @@ impl Kernels {
         dot1(self.q8_0, w, x)
     }
     pub fn dot_f32(&self, w: &[f32], x: &[f32]) -> f32 {
-        dot1(self.f32, w, x)
+        fdot1(self.f32, w, x)
     }
     pub fn dot_f16(&self, w: &[f16], x: &[f32]) -> f32 {
-        dot1(self.f16, w, x)
+        fdot1(self.f16, w, x)
     }
     pub fn dot_bf16(&self, w: &[bf16], x: &[f32]) -> f32 {
-        dot1(self.bf16, w, x)
+        fdot1(self.bf16, w, x)
     }
 }
 
@@ -242,4 +247,30 @@ fn dot1<W, A>(f: fn(&[W], &[A], &mut [f32]), w: &[W], x: &[A]) -> f32 {
     let mut out = [0.0f32];
     f(w, x, &mut out);
     out[0]
+}
+
+fn fdot1<W>(f: FloatTileFn<W>, w: &[W], x: &[f32]) -> f32 {
+    let mut out = [0.0f32];
+    f(w, 1, x, &mut out);
+    out[0]
+}
+
+/// Checks a float tile's shapes; returns (n, nt). Panics (a bug) when they do not fit.
+pub(crate) fn float_tile_shape(
+    w_len: usize,
+    rows: usize,
+    x_len: usize,
+    out_len: usize,
+    max_nt: usize,
+) -> (usize, usize) {
+    assert!(
+        (1..=MAX_FLOAT_ROWS).contains(&rows),
+        "float tile: {rows} rows (max {MAX_FLOAT_ROWS})"
+    );
+    let (n, nt) = (w_len / rows, out_len / rows);
+    assert!(
+        w_len == n * rows && out_len == nt * rows && (1..=max_nt).contains(&nt) && x_len == nt * n,
+        "float tile: {w_len} weights, {rows} rows, {x_len} activations, {out_len} outputs (max {max_nt} tokens)"
+    );
+    (n, nt)
 }

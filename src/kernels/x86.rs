@@ -259,62 +259,125 @@ macro_rules! float_tiles_256 {
             ))),
             bf16::to_f32
         );
-        wrap_tile!(f32, f32_t, f32, f32, $max, |n: usize| n);
-        wrap_tile!(f16, f16_t, f16, f32, $max, |n: usize| n);
-        wrap_tile!(bf16, bf16_t, bf16, f32, $max, |n: usize| n);
+        wrap_rows!(f32, f32_1, f32_t, f32, $max);
+        wrap_rows!(f16, f16_1, f16_t, f16, $max);
+        wrap_rows!(bf16, bf16_1, bf16_t, bf16, $max);
+    };
+}
+
+/// A multi-row float tile from the one-row tile `$inner`: rows one after another.
+macro_rules! wrap_rows {
+    ($name:ident, $one:ident, $inner:ident, $w:ty, $max:expr) => {
+        wrap_tile!($one, $inner, $w, f32, $max, |n: usize| n);
+
+        pub(super) fn $name(w: &[$w], rows: usize, x: &[f32], out: &mut [f32]) {
+            let (n, nt) = super::super::float_tile_shape(w.len(), rows, x.len(), out.len(), $max);
+            let mut col = [0.0f32; super::super::MAX_TILE_TOKENS];
+            for r in 0..rows {
+                $one(&w[r * n..(r + 1) * n], x, &mut col[..nt]);
+                for t in 0..nt {
+                    out[t * rows + r] = col[t];
+                }
+            }
+        }
     };
 }
 
 /// 16-wide float tiles (AVX-512F), the ragged end by masked loads.
 macro_rules! float_tiles_512 {
     ($feat:literal, $max:expr) => {
+        /// `R` rows x `NT` tokens, 16 columns per step, R * NT accumulators; the ragged
+        /// end by masked loads. `w`: [R, n], `x`: [NT, n], `out[t * R + r]`.
         macro_rules! float_tile {
             ($inner:ident, $w:ty, $load:expr, $load_mask:expr) => {
                 #[target_feature(enable = $feat)]
-                fn $inner<const NT: usize>(w: &[$w], x: &[f32], out: &mut [f32]) {
-                    let n = w.len();
-                    let mut acc0 = [_mm512_setzero_ps(); NT];
-                    let mut acc1 = [_mm512_setzero_ps(); NT];
+                fn $inner<const R: usize, const NT: usize>(w: &[$w], x: &[f32], out: &mut [f32]) {
+                    let n = w.len() / R;
+                    assert!(w.len() == R * n && x.len() == NT * n && out.len() == R * NT);
+                    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                    let mut acc = [[_mm512_setzero_ps(); NT]; R];
                     let mut i = 0;
-                    while i + 32 <= n {
-                        // SAFETY: i + 32 <= n = w.len(): 32 weights readable.
-                        let (w0, w1) =
-                            unsafe { ($load(w.as_ptr().add(i)), $load(w.as_ptr().add(i + 16))) };
-                        for t in 0..NT {
-                            let xt = &x[t * n + i..t * n + i + 32];
-                            // SAFETY: xt has 32 readable f32.
-                            let (x0, x1) = unsafe {
-                                (
-                                    _mm512_loadu_ps(xt.as_ptr()),
-                                    _mm512_loadu_ps(xt.as_ptr().add(16)),
-                                )
-                            };
-                            acc0[t] = _mm512_fmadd_ps(w0, x0, acc0[t]);
-                            acc1[t] = _mm512_fmadd_ps(w1, x1, acc1[t]);
+                    while i + 16 <= n {
+                        let mut wv = [_mm512_setzero_ps(); R];
+                        for r in 0..R {
+                            // SAFETY: r < R and i + 16 <= n, so r * n + i + 16 <= w.len().
+                            wv[r] = unsafe { $load(wp.add(r * n + i)) };
                         }
-                        i += 32;
+                        for t in 0..NT {
+                            // SAFETY: t < NT and i + 16 <= n, so t * n + i + 16 <= x.len().
+                            let xv = unsafe { _mm512_loadu_ps(xp.add(t * n + i)) };
+                            for r in 0..R {
+                                acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+                            }
+                        }
+                        i += 16;
                     }
-                    while i < n {
-                        let k = (n - i).min(16);
-                        let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
-                        // SAFETY: lanes i..i+k are inside w; masked-off lanes are not
-                        // accessed (AVX-512 masked loads suppress faults; LLVM's
-                        // masked.load does not touch disabled lanes).
-                        let w0 = unsafe { $load_mask(m, w.as_ptr().add(i)) };
-                        for t in 0..NT {
-                            let xt = &x[t * n + i..t * n + i + k];
-                            // SAFETY: xt has k readable f32, the mask enables exactly k lanes.
-                            let x0 = unsafe { _mm512_maskz_loadu_ps(m, xt.as_ptr()) };
-                            acc0[t] = _mm512_fmadd_ps(w0, x0, acc0[t]);
+                    if i < n {
+                        let m: __mmask16 = (1u16 << (n - i)) - 1;
+                        let mut wv = [_mm512_setzero_ps(); R];
+                        for r in 0..R {
+                            // SAFETY: lanes i..n of row r are inside w; masked-off lanes are
+                            // not accessed (AVX-512 masked loads suppress faults; LLVM's
+                            // masked.load does not touch disabled lanes).
+                            wv[r] = unsafe { $load_mask(m, wp.add(r * n + i)) };
                         }
-                        i += k;
+                        for t in 0..NT {
+                            // SAFETY: as above, lanes i..n of token t are inside x.
+                            let xv = unsafe { _mm512_maskz_loadu_ps(m, xp.add(t * n + i)) };
+                            for r in 0..R {
+                                acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+                            }
+                        }
                     }
                     for t in 0..NT {
-                        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+                        for r in 0..R {
+                            out[t * R + r] = _mm512_reduce_add_ps(acc[r][t]);
+                        }
                     }
                 }
             };
         }
+
+        /// Safe entry: rows in 1..=4, tokens in blocks of up to 4.
+        macro_rules! wrap_512 {
+            ($name:ident, $inner:ident, $w:ty) => {
+                pub(super) fn $name(w: &[$w], rows: usize, x: &[f32], out: &mut [f32]) {
+                    let (n, nt) =
+                        super::super::float_tile_shape(w.len(), rows, x.len(), out.len(), $max);
+                    let mut t0 = 0;
+                    while t0 < nt {
+                        let tb = (nt - t0).min(4);
+                        let xs = &x[t0 * n..(t0 + tb) * n];
+                        let o = &mut out[t0 * rows..(t0 + tb) * rows];
+                        // SAFETY: only reachable through the table `avx512()` returns after
+                        // checking every feature `$inner` is compiled with; the shapes
+                        // were checked above (and again inside).
+                        unsafe {
+                            match (rows, tb) {
+                                (1, 1) => $inner::<1, 1>(w, xs, o),
+                                (1, 2) => $inner::<1, 2>(w, xs, o),
+                                (1, 3) => $inner::<1, 3>(w, xs, o),
+                                (1, _) => $inner::<1, 4>(w, xs, o),
+                                (2, 1) => $inner::<2, 1>(w, xs, o),
+                                (2, 2) => $inner::<2, 2>(w, xs, o),
+                                (2, 3) => $inner::<2, 3>(w, xs, o),
+                                (2, _) => $inner::<2, 4>(w, xs, o),
+                                (3, 1) => $inner::<3, 1>(w, xs, o),
+                                (3, 2) => $inner::<3, 2>(w, xs, o),
+                                (3, 3) => $inner::<3, 3>(w, xs, o),
+                                (3, _) => $inner::<3, 4>(w, xs, o),
+                                (_, 1) => $inner::<4, 1>(w, xs, o),
+                                (_, 2) => $inner::<4, 2>(w, xs, o),
+                                (_, 3) => $inner::<4, 3>(w, xs, o),
+                                (_, _) => $inner::<4, 4>(w, xs, o),
+                            }
+                        }
+                        t0 += tb;
+                    }
+                }
+            };
+        }
+
         float_tile!(
             f32_t,
             f32,
@@ -337,9 +400,9 @@ macro_rules! float_tiles_512 {
                 _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p.cast()))
             ))
         );
-        wrap_tile!(f32, f32_t, f32, f32, $max, |n: usize| n);
-        wrap_tile!(f16, f16_t, f16, f32, $max, |n: usize| n);
-        wrap_tile!(bf16, bf16_t, bf16, f32, $max, |n: usize| n);
+        wrap_512!(f32, f32_t, f32);
+        wrap_512!(f16, f16_t, f16);
+        wrap_512!(bf16, bf16_t, bf16);
     };
 }
 
