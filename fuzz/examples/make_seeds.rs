@@ -423,8 +423,76 @@ fn tokenizer_seeds() {
     write("tokenizer", "fixture_smollm.bin", &fx);
 }
 
+/// Each model seed must get through the whole reader (so mutations start deep).
+fn verify() {
+    use quant_formats::gguf::Gguf;
+    for e in std::fs::read_dir(root().join("seeds/gguf")).expect("seeds/gguf") {
+        let p = e.expect("entry").path();
+        let bytes = std::fs::read(&p).expect("read seed");
+        let g = Gguf::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("model_") {
+            qwen::Model::load(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        if name.contains("tok") {
+            qwen::tokenizer::Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("qwen-make-seeds-{}", std::process::id()));
+    for e in std::fs::read_dir(root().join("seeds/safetensors")).expect("seeds/safetensors") {
+        let p = e.expect("entry").path();
+        let bytes = std::fs::read(&p).expect("read seed");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let parts: Vec<&[u8]> = bytes.split_str_marker();
+        let sharded = parts.get(2).is_some_and(|x| !x.is_empty());
+        std::fs::write(dir.join("config.json"), parts[0]).expect("write");
+        if sharded {
+            std::fs::write(dir.join("model.safetensors.index.json"), parts[2]).expect("write");
+            std::fs::write(dir.join("model-00001-of-00002.safetensors"), parts[1]).expect("write");
+            std::fs::write(dir.join("model-00002-of-00002.safetensors"), parts[3]).expect("write");
+        } else {
+            std::fs::write(dir.join("model.safetensors"), parts[1]).expect("write");
+        }
+        let name = p.display();
+        let cfg = qwen_convert::hf::Config::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let hp = qwen_convert::arch::Hparams::from_config(&cfg)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ck = qwen_convert::hf::Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        qwen_convert::arch::tensor_specs(&hp, &ck).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Some(tok) = parts.get(4) {
+            std::fs::write(dir.join("tokenizer.json"), tok).expect("write");
+            std::fs::write(dir.join("qwen.tiktoken"), tok).expect("write");
+            qwen_convert::tokenizer::Vocab::load(&dir, &hp, &cfg)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        println!("{name}: reads through");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Splits a safetensors-target input at its `@@FILE@@` markers.
+trait SplitMarker {
+    fn split_str_marker(&self) -> Vec<&[u8]>;
+}
+
+impl SplitMarker for Vec<u8> {
+    fn split_str_marker(&self) -> Vec<&[u8]> {
+        let m = b"@@FILE@@";
+        let mut parts = Vec::new();
+        let mut rest = &self[..];
+        while let Some(k) = rest.windows(m.len()).position(|w| w == m) {
+            parts.push(&rest[..k]);
+            rest = &rest[k + m.len()..];
+        }
+        parts.push(rest);
+        parts
+    }
+}
+
 fn main() {
     gguf_seeds();
     safetensors_seeds();
     tokenizer_seeds();
+    verify();
 }

@@ -1,6 +1,8 @@
 //! The converter's checkpoint reader: config.json, safetensors headers (single
 //! file or index + shards) and tokenizer files, through qwen_convert's public
-//! API exactly as `convert()` calls it, then every tensor read to f32.
+//! API exactly as `convert()` calls it, then every tensor read to f32; when all
+//! of that succeeds, the whole conversion, whose output must parse as GGUF and
+//! leave no temporary file behind.
 //!
 //! Input layout: up to five parts separated by the marker `@@FILE@@`:
 //! 0 config.json | 1 model.safetensors (the first shard when part 2 is given) |
@@ -13,8 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::atomic::AtomicBool;
+
+use quant_formats::gguf::Gguf;
+use quant_formats::GgmlType;
 use qwen_convert::arch::{tensor_specs, Hparams};
+use qwen_convert::convert::{convert, Options, Silent};
 use qwen_convert::hf::{Checkpoint, Config};
+use qwen_convert::plan::TypePolicy;
 use qwen_convert::tokenizer::Vocab;
 
 const MARKER: &[u8] = b"@@FILE@@";
@@ -105,8 +113,38 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Both together, as convert() does before it writes anything.
-    if let Some((hp, cfg)) = hp {
-        let _ = tensor_specs(&hp, &ck);
-        let _ = Vocab::load(dir, &hp, &cfg);
+    let Some((hp, cfg)) = hp else {
+        return;
+    };
+    if tensor_specs(&hp, &ck).is_err() || Vocab::load(dir, &hp, &cfg).is_err() {
+        return;
+    }
+    drop(ck);
+
+    // The whole conversion (q4_0: every code path of the type policy).
+    let out_dir = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).expect("create output folder");
+    let out = out_dir.join("model.gguf");
+    let opts = Options {
+        input: dir.to_path_buf(),
+        output: out.clone(),
+        policy: TypePolicy::new(GgmlType::Q4_0, None),
+        measure_error: true,
+    };
+    let result = convert(&opts, &mut Silent, &AtomicBool::new(false));
+    let left: Vec<_> = std::fs::read_dir(&out_dir)
+        .expect("read output folder")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    match result {
+        Ok(_) => {
+            assert_eq!(left.len(), 1, "files left: {left:?}");
+            let bytes = std::fs::read(&out).expect("read output");
+            if let Err(e) = Gguf::parse(&bytes) {
+                panic!("qwen-convert wrote a file its own reader refuses: {e}");
+            }
+        }
+        Err(_) => assert!(left.is_empty(), "failed conversion left {left:?}"),
     }
 });
