@@ -1140,6 +1140,61 @@ fn hostile_tokenizer_metadata() {
     base_still_works(&dir);
 }
 
+/// Runs qwen-run with a deadline; a run still going after `secs` is killed and
+/// reported as hanging.
+fn run_deadline(args: &[&str], secs: u64) -> Result<Output, String> {
+    let mut child = Command::new(qwen_run())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qwen-run");
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return Ok(child.wait_with_output().expect("output"));
+        }
+        if start.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "qwen-run {} still running after {secs} s",
+                args.join(" ")
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn chat_templates_that_never_end() {
+    // A chat template is code from the file: one that loops (nearly) forever
+    // or builds a huge string must be stopped with an error, not hang or
+    // exhaust memory.
+    let dir = scratch("chat_templates_that_never_end");
+    let cases = [
+        (
+            "nested_ranges",
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        ),
+        (
+            "recursive_macro",
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        ),
+    ];
+    each_case(cases, |(name, tpl)| {
+        let b = Spec::qwen2()
+            .set("tokenizer.chat_template", Value::from(tpl))
+            .build();
+        let path = dir.join(format!("{name}.gguf"));
+        std::fs::write(&path, b).expect("write");
+        let o = run_deadline(&["-f", p(&path), "-p", "hi", "-n", "1"], 30)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_refused(&o, name);
+    });
+}
+
 #[test]
 fn hostile_command_line_and_stdin() {
     let dir = scratch("hostile_command_line_and_stdin");
