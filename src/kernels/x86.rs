@@ -124,6 +124,19 @@ fn f16_to_f32(h: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
 }
 
+/// Bytes ahead of the weight being read that the kernels prefetch. The hardware
+/// prefetchers alone left decode at ~65% of the read bandwidth here (one weight row
+/// is short and the rows of a chunk are read back to back); 3 KB ahead brought
+/// the 24-layer 0.5B matvec from 28.7 to 19.1 ms (q4_0, 2 threads, same run).
+const PREFETCH: usize = 3072;
+
+/// Prefetch the cache line `PREFETCH` bytes after `p` (never faults, even past the end).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch<T>(p: *const T) {
+    _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH));
+}
+
 /// Sum of the 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -206,6 +219,7 @@ macro_rules! float_tiles_256 {
                     let mut acc1 = [_mm256_setzero_ps(); NT];
                     let mut i = 0;
                     while i + 16 <= n {
+                        prefetch(w.as_ptr().wrapping_add(i));
                         // SAFETY: i + 16 <= n = w.len(): 16 weights readable.
                         let (w0, w1) =
                             unsafe { ($load(w.as_ptr().add(i)), $load(w.as_ptr().add(i + 8))) };
@@ -301,7 +315,10 @@ macro_rules! float_tiles_512 {
                         let mut wv = [_mm512_setzero_ps(); R];
                         for r in 0..R {
                             // SAFETY: r < R and i + 16 <= n, so r * n + i + 16 <= w.len().
-                            wv[r] = unsafe { $load(wp.add(r * n + i)) };
+                            let p = unsafe { wp.add(r * n + i) };
+                            prefetch(p);
+                            // SAFETY: as above, 16 weights readable at p.
+                            wv[r] = unsafe { $load(p) };
                         }
                         for t in 0..NT {
                             // SAFETY: t < NT and i + 16 <= n, so t * n + i + 16 <= x.len().
@@ -431,6 +448,7 @@ mod avx2_impl {
                 let ng = act_groups(w.len());
                 let mut acc = [_mm256_setzero_ps(); NT];
                 for (i, wb) in w.iter().enumerate() {
+                    prefetch(wb);
                     let (gi, b) = (i / 4, i % 4);
                     let q = $unpack(wb);
                     let aq = _mm256_abs_epi8(q);
@@ -458,6 +476,7 @@ mod avx2_impl {
                 let mut acc = [_mm256_setzero_ps(); NT];
                 let mut ms = [0.0f32; NT];
                 for (i, wb) in w.iter().enumerate() {
+                    prefetch(wb);
                     let (gi, b) = (i / 4, i % 4);
                     let q = $unpack(wb);
                     let dw = splat_f16(wb.d);
@@ -614,6 +633,7 @@ mod avx512_impl {
                 // Scale of block b to i32 lanes 4b..4b+4.
                 let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
                 for (gi, wb) in w.chunks_exact(4).enumerate() {
+                    prefetch(wb.as_ptr());
                     let wb: &[$w; 4] = wb.try_into().unwrap_or_else(|_| unreachable!());
                     let (lo, hi) = $unpack(wb);
                     let dw = f16x4([wb[0].d, wb[1].d, wb[2].d, wb[3].d]);
