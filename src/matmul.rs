@@ -356,6 +356,7 @@ impl Plan {
 /// every 256 clean parallel calls) run on the calling thread alone, which keeps at
 /// least one-thread speed. Results are identical either way (same chunks, same
 /// kernels). Cost on a quiet machine: two clock reads and a few relaxed atomics per call.
+/// `QWEN_SERIAL_FALLBACK=0` in the environment turns it off.
 mod stall {
     use quant_formats::GgmlType;
     use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -380,8 +381,17 @@ mod stall {
         (h >> 58) as usize % SLOTS
     }
 
+    /// Off when the environment says `QWEN_SERIAL_FALLBACK=0`.
+    fn enabled() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("QWEN_SERIAL_FALLBACK").map_or(true, |v| v.trim() != "0"))
+    }
+
     /// False while a stall's penalty lasts (and counts one call off it).
     pub(super) fn allow_parallel() -> bool {
+        if !enabled() {
+            return true;
+        }
         let serial = SERIAL_LEFT
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
             .is_ok();
