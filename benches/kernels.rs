@@ -2,8 +2,9 @@
 //!
 //! `cargo bench --bench kernels` runs every group; a filter picks some, e.g.
 //! `cargo bench --bench kernels -- matvec_0.5b`. Groups:
-//! - `read_bandwidth`: sum of a 1 GiB buffer with 2 threads: the memory read bandwidth
-//!   that bounds decode (bytes of weights per token / bandwidth = best step time).
+//! - `read_bandwidth`: sum of a 1 GiB buffer with 2 threads (wide loads and the kernels'
+//!   prefetch): the memory read bandwidth that bounds decode (bytes of weights per
+//!   token / bandwidth = best step time).
 //! - `kernel_decode/<level>/<type>`: the tile kernels alone (no threads, activations
 //!   quantized beforehand), one token, a 512x896 matrix that stays in L2: GB/s of weights.
 //! - `kernel_prefill/<level>/<type>`: the same against 64 tokens: GFLOP/s (criterion's
@@ -89,16 +90,7 @@ fn read_bandwidth(c: &mut Criterion) {
         b.iter(|| {
             p.install(|| {
                 buf.par_chunks(1 << 16)
-                    .map(|ch| {
-                        // Eight independent sums so the loop is load-bound, not add-bound.
-                        let mut s = [0u64; 8];
-                        for v in ch.chunks_exact(8) {
-                            for k in 0..8 {
-                                s[k] = s[k].wrapping_add(v[k]);
-                            }
-                        }
-                        s.iter().fold(0u64, |a, &b| a.wrapping_add(b))
-                    })
+                    .map(kernels::stream_sum)
                     .reduce(|| 0, u64::wrapping_add)
             })
         })

@@ -150,6 +150,16 @@ pub fn table(level: &str) -> Option<&'static Kernels> {
     }
 }
 
+/// Wrapping sum of `v`, read as fast as this CPU streams memory (wide loads and the
+/// kernels' prefetch where available): the read-bandwidth probe of the benchmarks.
+pub fn stream_sum(v: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(s) = x86::stream_sum(v) {
+        return s;
+    }
+    v.iter().fold(0u64, |s, &x| s.wrapping_add(x))
+}
+
 /// The levels this CPU supports, worst first ("scalar" always).
 pub fn available() -> Vec<&'static str> {
     LEVELS

@@ -831,3 +831,34 @@ fn quantize_avx2(x: &[f32], y: &mut [ActQ8x4]) {
     // SAFETY: only reachable through a table from `avx2()`/`avx512()`, which checked AVX2+FMA+F16C.
     unsafe { quantize_t(x, y) }
 }
+
+/// Sum of `v` read as a stream (wrapping adds of 4 x 256-bit lanes), with the same
+/// software prefetch as the kernels: a read-bandwidth probe.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn stream_sum_t(v: &[u64]) -> u64 {
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        prefetch(c.as_ptr());
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c holds 16 u64 = 128 bytes; lane k reads bytes 32k..32k+32.
+            let x = unsafe { _mm256_loadu_si256(c.as_ptr().add(4 * k).cast()) };
+            *a = _mm256_add_epi64(*a, x);
+        }
+    }
+    let mut lanes = [0u64; 16];
+    for (k, a) in acc.iter().enumerate() {
+        // SAFETY: lanes[4k..4k+4] is 32 writable bytes.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().add(4 * k).cast(), *a) };
+    }
+    lanes
+        .iter()
+        .chain(chunks.remainder())
+        .fold(0u64, |s, &x| s.wrapping_add(x))
+}
+
+/// [`stream_sum_t`] where AVX2 is available.
+pub(super) fn stream_sum(v: &[u64]) -> Option<u64> {
+    // SAFETY: the features stream_sum_t is compiled with were just detected.
+    avx2().map(|_| unsafe { stream_sum_t(v) })
+}
