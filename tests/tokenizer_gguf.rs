@@ -61,9 +61,9 @@ fn widen_safetensors(src: &Path, dst: &Path, vocab_tensors: &[&str], n_rows: usi
             let row = t.len() / shape[0] as usize;
             let old = t.len();
             t.resize(n_rows * row, 0);
-            for i in old..t.len() {
-                // Small f16/bf16-safe values: low bytes vary, high bytes 0x3c..0x3f range.
-                t[i] = if i % 2 == 1 {
+            for (i, byte) in t.iter_mut().enumerate().skip(old) {
+                // Little-endian f16/bf16 with high byte 0x3c: small finite values.
+                *byte = if i % 2 == 1 {
                     0x3c
                 } else {
                     (i / 2 % 251) as u8
@@ -79,7 +79,7 @@ fn widen_safetensors(src: &Path, dst: &Path, vocab_tensors: &[&str], n_rows: usi
         );
     }
     let mut h = serde_json::to_vec(&out_header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut f = (h.len() as u64).to_le_bytes().to_vec();

@@ -404,7 +404,7 @@ fn nfc(s: &str) -> Cow<'_, str> {
 }
 
 /// Splits a merge line `"left right"`.
-fn split_merge<'m>(i: usize, m: &'m str) -> Result<(&'m str, &'m str), TokenizerError> {
+fn split_merge(i: usize, m: &str) -> Result<(&str, &str), TokenizerError> {
     match m.split_once(' ') {
         Some((l, r)) if !l.is_empty() && !r.is_empty() && !r.contains(' ') => Ok((l, r)),
         _ => Err(TokenizerError::Vocab(format!(
@@ -531,7 +531,7 @@ fn ranked_encoder<T: AsRef<str>, M: AsRef<str>>(
     tokens: &[T],
     kinds: &[TokenKind],
     merges: &[M],
-) -> Result<(FxHashMap<Vec<u8>, Rank>, Vec<u32>), TokenizerError> {
+) -> Result<(Encoder, Vec<u32>), TokenizerError> {
     let mut by_text: FxHashMap<&str, u32> =
         FxHashMap::with_capacity_and_hasher(tokens.len(), Default::default());
     let mut rank_to_id = vec![u32::MAX; 256 + merges.len()];
@@ -579,6 +579,9 @@ fn ranked_encoder<T: AsRef<str>, M: AsRef<str>>(
     }
     Ok((enc, rank_to_id))
 }
+
+/// tiktoken's map from token bytes to BPE rank.
+type Encoder = FxHashMap<Vec<u8>, Rank>;
 
 /// Marks a rank that stands for no token (see [`add_missing_bytes`]).
 const NO_ID: u32 = u32::MAX;

@@ -148,7 +148,7 @@ fn bpe_parts(ranks: &HashMap<&[u8], usize>, token: &[u8], max_rank: usize) -> Ve
         let mut best: Option<(usize, usize)> = None;
         for i in 0..parts.len().saturating_sub(1) {
             if let Some(&r) = ranks.get(&token[parts[i].0..parts[i + 1].1]) {
-                if best.map_or(true, |(_, br)| r < br) {
+                if best.is_none_or(|(_, br)| r < br) {
                     best = Some((i, r));
                 }
             }
