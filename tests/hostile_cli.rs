@@ -1912,6 +1912,41 @@ fn convert_failure_keeps_an_existing_output() {
 }
 
 #[test]
+fn convert_refuses_to_overwrite_its_input() {
+    // -o naming a file of the input folder would replace the checkpoint with
+    // the GGUF (the rename succeeds while the old file is still mapped).
+    let dir = scratch("convert_refuses_to_overwrite_its_input");
+    let snapshot = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        list(d)
+            .into_iter()
+            .map(|n| {
+                let b = std::fs::read(d.join(&n)).expect("read");
+                (n, b)
+            })
+            .collect()
+    };
+    each_case(
+        ["model.safetensors", "config.json", "tokenizer.json"],
+        |name| {
+            let input = dir.join(name).join("hf");
+            copy_fixture("qwen2_odd", &input);
+            let before = snapshot(&input);
+            let out = input.join(name);
+            let o = run(
+                &qwen_convert(),
+                &["-i", p(&input), "-o", p(&out), "-q"],
+                b"",
+            );
+            assert_refused(&o, &format!("-o {name} inside the input folder"));
+            assert!(
+                snapshot(&input) == before,
+                "-o {name}: the input folder changed"
+            );
+        },
+    );
+}
+
+#[test]
 fn convert_bad_arguments() {
     let dir = scratch("convert_bad_arguments");
     let input = fixture("qwen2_odd");
