@@ -12,6 +12,8 @@
 //! - `matvec_0.5b/<type>`: the 24 layers of Qwen2.5-0.5B-shaped matrices (q 896x896,
 //!   k/v 128x896, o 896x896, gate/up 4864x896, down 896x4864; 179 MB in q4_0), one token,
 //!   2 threads, best kernel level: GB/s of weights, to hold against `read_bandwidth`.
+//! - `matvec_0.5b_busy/<type>`: the same with a spinning neighbour thread (q4_0, q8_0):
+//!   the busy-machine case; `QWEN_SERIAL_FALLBACK=0` shows it without matmul's fallback.
 //! - `prefill_0.5b/<type>`: one such layer against 128 tokens, 2 threads: GFLOP/s.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -19,6 +21,7 @@ use quant_formats::GgmlType;
 use qwen::kernels::{self, ActQ8x4};
 use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 const TYPES: [GgmlType; 8] = [
@@ -256,12 +259,19 @@ fn model_0_5b(c: &mut Criterion) {
         kernels::table(kernels::available().last().copied().unwrap_or("scalar")).expect("level");
     let p = pool(2);
     let layers = 24;
-    for (group, n_tok, n_layers) in [("matvec_0.5b", 1usize, layers), ("prefill_0.5b", 128, 1)] {
+    for (group, n_tok, n_layers, busy) in [
+        ("matvec_0.5b", 1usize, layers, false),
+        ("matvec_0.5b_busy", 1, layers, true),
+        ("prefill_0.5b", 128, 1, false),
+    ] {
         let mut g = c.benchmark_group(group);
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(3));
         for dtype in TYPES {
+            if busy && !matches!(dtype, GgmlType::Q4_0 | GgmlType::Q8_0) {
+                continue;
+            }
             // One layer's bytes, repeated for every layer (distinct memory, same values).
             let one: Vec<Aligned> = LAYER_0_5B
                 .iter()
@@ -289,15 +299,28 @@ fn model_0_5b(c: &mut Criterion) {
             } else {
                 Throughput::Elements(flops as u64)
             });
-            g.bench_with_input(BenchmarkId::new(k.name, dtype.name()), &(), |b, _| {
-                b.iter(|| {
-                    p.install(|| {
-                        for m in &mats {
-                            let (xs, ys) = (&x[..n_tok * m.cols], &mut y[..n_tok * m.rows]);
-                            matmul_with(k, m, xs, ys, n_tok, &mut scratch);
+            // The busy variant runs a spinning neighbour thread meanwhile (two cores here:
+            // one of the two workers shares its core with it); compare with `matvec_0.5b`.
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|sc| {
+                if busy {
+                    sc.spawn(|| {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::hint::spin_loop();
                         }
+                    });
+                }
+                g.bench_with_input(BenchmarkId::new(k.name, dtype.name()), &(), |b, _| {
+                    b.iter(|| {
+                        p.install(|| {
+                            for m in &mats {
+                                let (xs, ys) = (&x[..n_tok * m.cols], &mut y[..n_tok * m.rows]);
+                                matmul_with(k, m, xs, ys, n_tok, &mut scratch);
+                            }
+                        })
                     })
-                })
+                });
+                stop.store(true, Ordering::Relaxed);
             });
         }
         g.finish();
