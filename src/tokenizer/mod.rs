@@ -188,34 +188,35 @@ impl Tokenizer {
             )));
         }
 
-        // 1. How ranks relate to ids (cheap: compares strings, allocates nothing).
-        let scheme = match merges {
-            Some(m) if ranks_follow_ids(tokens, kinds, m)? => RankScheme::Ids(256 + m.len()),
-            Some(m) => RankScheme::Merges(m),
-            None => RankScheme::Ids(n),
-        };
-
-        // 2. In parallel (rayon's current pool): the tiktoken encoder, whose construction
-        // dominates the build time, and the per-row byte table used for decoding.
-        let (bpe, rows) = rayon::join(
-            || -> Result<(CoreBPE, Option<Vec<u32>>), TokenizerError> {
-                let (mut encoder, mut rank_to_id) = match scheme {
-                    RankScheme::Ids(limit) => (identity_encoder(tokens, kinds, limit)?, None),
-                    RankScheme::Merges(m) => {
-                        let (enc, map) = ranked_encoder(tokens, kinds, m)?;
-                        (enc, Some(map))
-                    }
-                };
-                add_missing_bytes(&mut encoder, &mut rank_to_id);
-                let bpe = CoreBPE::new(encoder, FxHashMap::default(), config.pre.pattern())
-                    .map_err(|e| TokenizerError::Regex(e.to_string()))?;
-                Ok((bpe, rank_to_id))
+        // 1. The tiktoken encoder (bytes -> rank), whose construction dominates the build time.
+        // Ranks are ids when the merges say so (all Qwen vocabularies) or when there are no
+        // merges; the identity encoder is built speculatively while that check runs, and the row
+        // table used for decoding alongside (rayon's current pool).
+        let identity_limit = merges.map_or(n, |m| (256 + m.len()).min(n));
+        let (follows, (identity, rows)) = rayon::join(
+            || merges.map_or(Ok(true), |m| ranks_follow_ids(tokens, kinds, m)),
+            || {
+                rayon::join(
+                    || identity_encoder(tokens, kinds, identity_limit),
+                    || row_bytes(tokens, kinds),
+                )
             },
-            || row_bytes(tokens, kinds),
         );
         // The row table checks every row, so its error (if any) is the most precise one.
         let (bytes, offsets) = rows?;
-        let (bpe, rank_to_id) = bpe?;
+        let (mut encoder, mut rank_to_id) = match (follows?, merges) {
+            (true, _) | (false, None) => (identity?, None),
+            (false, Some(m)) => {
+                drop(identity);
+                let (enc, map) = ranked_encoder(tokens, kinds, m)?;
+                (enc, Some(map))
+            }
+        };
+        add_missing_bytes(&mut encoder, &mut rank_to_id);
+
+        // 2. tiktoken's BPE over that encoder with the pre-tokenizer regex.
+        let bpe = CoreBPE::new(encoder, FxHashMap::default(), config.pre.pattern())
+            .map_err(|e| TokenizerError::Regex(e.to_string()))?;
 
         // 3. Special tokens, matched leftmost-longest as HF's added-token splitter does.
         let mut special_by_text = FxHashMap::default();
@@ -411,14 +412,6 @@ fn split_merge(i: usize, m: &str) -> Result<(&str, &str), TokenizerError> {
             "merge {i} {m:?} is not two tokens separated by one space"
         ))),
     }
-}
-
-/// How BPE ranks are found (see [`Tokenizer::from_parts`]).
-enum RankScheme<'m, M> {
-    /// rank = id for normal rows below the limit.
-    Ids(usize),
-    /// Ranks from the merges list, mapped back to ids.
-    Merges(&'m [M]),
 }
 
 /// Bytes of token `id` in byte-level form `tok`.
