@@ -131,9 +131,17 @@ impl Hparams {
                     head_dim: kv_channels,
                     n_ff: inter as usize / 2,
                     n_ctx,
-                    rope_theta: cfg.opt_f64("rotary_emb_base")?.unwrap_or(10000.0) as f32,
+                    rope_theta: positive_f32(
+                        cfg,
+                        "rotary_emb_base",
+                        cfg.opt_f64("rotary_emb_base")?.unwrap_or(10000.0),
+                    )?,
                     rope_dim,
-                    rms_eps: cfg.f64("layer_norm_epsilon")? as f32,
+                    rms_eps: positive_f32(
+                        cfg,
+                        "layer_norm_epsilon",
+                        cfg.f64("layer_norm_epsilon")?,
+                    )?,
                     tie_word_embeddings: tie.unwrap_or(false),
                     sliding_window: None,
                     qwen: Some(QwenExtras {
@@ -188,9 +196,13 @@ impl Hparams {
                     head_dim,
                     n_ff: cfg.u32("intermediate_size")? as usize,
                     n_ctx: cfg.u32("max_position_embeddings")?,
-                    rope_theta: cfg.rope_theta()?.unwrap_or(10000.0) as f32,
+                    rope_theta: positive_f32(
+                        cfg,
+                        "rope_theta",
+                        cfg.rope_theta()?.unwrap_or(10000.0),
+                    )?,
                     rope_dim: head_dim as u32,
-                    rms_eps: cfg.f64("rms_norm_eps")? as f32,
+                    rms_eps: positive_f32(cfg, "rms_norm_eps", cfg.f64("rms_norm_eps")?)?,
                     tie_word_embeddings: tie.unwrap_or(false),
                     sliding_window,
                     qwen: None,
@@ -249,6 +261,20 @@ impl Hparams {
             meta.push("qwen_rs.qwen.seq_length", MetaValue::U32(q.seq_length));
         }
     }
+}
+
+/// A config value stored as f32 that must be positive and finite in f32
+/// (an epsilon or RoPE base of 0, < 0 or 1e39 would poison every forward pass).
+fn positive_f32(cfg: &Config, key: &str, v: f64) -> Result<f32> {
+    let f = v as f32;
+    if !(f.is_finite() && f > 0.0) {
+        bail!(
+            "{}: `{key}` = {v} must be positive and at most {:e} (it is stored as f32)",
+            cfg.path.display(),
+            f32::MAX
+        );
+    }
+    Ok(f)
 }
 
 /// What the output matrix is made of.

@@ -124,6 +124,7 @@ pub fn convert(
     let ck = Checkpoint::open(dir)?;
     let specs = crate::arch::tensor_specs(&hp, &ck)?;
     let vocab = Vocab::load(dir, &hp, &cfg)?;
+    refuse_overwriting_inputs(dir, &ck, &opts.output)?;
 
     let mut items = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -257,6 +258,57 @@ pub fn convert(
         n_bytes,
         reports,
     })
+}
+
+/// Files of the input folder we read (or may read).
+const INPUT_FILES: [&str; 9] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "qwen.tiktoken",
+    "chat_template.jinja",
+    "chat_template.json",
+    "model.safetensors.index.json",
+    "model.safetensors",
+];
+
+/// The rename would replace an input file (even one still mapped) with the
+/// output: refuse when OUT is the same file as any input, by path or by
+/// device + inode (hard links, symlinks, `..` spellings).
+fn refuse_overwriting_inputs(dir: &Path, ck: &Checkpoint, out: &Path) -> Result<()> {
+    let Ok(out_meta) = std::fs::metadata(out) else {
+        return Ok(()); // a file that does not exist yet is no input
+    };
+    let inputs = INPUT_FILES
+        .iter()
+        .map(|n| dir.join(n))
+        .chain(ck.shard_paths().map(Path::to_path_buf));
+    for input in inputs {
+        let Ok(in_meta) = std::fs::metadata(&input) else {
+            continue;
+        };
+        if same_file(&out_meta, &in_meta) {
+            bail!(
+                "{}: output is the input file {}; choose another output path",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    // Without inode numbers: same size and modification time is the best cheap guess.
+    a.len() == b.len() && a.modified().ok() == b.modified().ok()
 }
 
 /// Largest |x| of a tensor (only for tensors that may fall back to f16).

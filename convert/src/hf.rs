@@ -433,6 +433,11 @@ impl Checkpoint {
         v
     }
 
+    /// Paths of every safetensors file opened.
+    pub fn shard_paths(&self) -> impl Iterator<Item = &Path> {
+        self.shards.iter().map(|s| s.path.as_path())
+    }
+
     pub fn shard_path(&self, t: &TensorEntry) -> &Path {
         &self.shards[t.shard].path
     }

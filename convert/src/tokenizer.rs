@@ -729,8 +729,12 @@ fn load_generation(dir: &Path, v: &Vocab, arch: Arch) -> Result<Generation> {
             match j.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(x) => match x.as_f64() {
-                    Some(f) if f.is_finite() => Ok(Some(f)),
-                    _ => bail!("{}: `{key}` = {} is not a number", path.display(), short(x)),
+                    Some(f) if (f as f32).is_finite() => Ok(Some(f)),
+                    _ => bail!(
+                        "{}: `{key}` = {} is not a number within f32 range",
+                        path.display(),
+                        short(x)
+                    ),
                 },
             }
         };

@@ -354,3 +354,25 @@ fn qwen1_specials_must_fit_vocab() {
     s.write(dir.path());
     expect_error(dir.path(), &["qwen.tiktoken", "<|im_end|>", "263"]);
 }
+
+#[test]
+fn output_must_not_be_an_input_file() {
+    let mut s = Spec::new(Arch::Qwen2);
+    s.shards = 2;
+    let dir = TempDir::new("model");
+    s.write(dir.path());
+    for name in [
+        "model-00001-of-00002.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors.index.json",
+    ] {
+        let p = dir.join(name);
+        let before = std::fs::read(&p).unwrap();
+        let o = convert(dir.path(), &p, "q4_0", &[]);
+        assert_one_line_error(&o, &[name, "input file"]);
+        assert_eq!(std::fs::read(&p).unwrap(), before, "{name} changed");
+    }
+    // a new file inside the model folder is fine
+    assert_ok(&convert(dir.path(), &dir.join("model.qbin"), "q8_0", &[]));
+}
