@@ -304,7 +304,30 @@ impl Tokenizer {
         } else {
             Cow::Borrowed(text)
         };
-        let ranks: Vec<Rank> = self.bpe.encode_ordinary(&text);
+        // Cut inside whitespace runs too long for the regex engine (see MAX_WHITESPACE_RUN).
+        // A run of n chars takes at least n bytes, so short texts skip the scan.
+        let mut start = 0;
+        if text.len() >= MAX_WHITESPACE_RUN {
+            let mut run = 0;
+            for (i, c) in text.char_indices() {
+                run = if c.is_whitespace() { run + 1 } else { 0 };
+                if run == MAX_WHITESPACE_RUN {
+                    let end = i + c.len_utf8();
+                    self.encode_chunk(&text[start..end], out);
+                    start = end;
+                    run = 0;
+                }
+            }
+        }
+        self.encode_chunk(&text[start..], out);
+    }
+
+    /// Pre-tokenizer + BPE of `text`, ids appended to `out`.
+    fn encode_chunk(&self, text: &str, out: &mut Vec<u32>) {
+        if text.is_empty() {
+            return;
+        }
+        let ranks: Vec<Rank> = self.bpe.encode_ordinary(text);
         match &self.rank_to_id {
             None => out.extend_from_slice(&ranks),
             Some(map) => out.extend(
@@ -572,6 +595,13 @@ fn ranked_encoder<T: AsRef<str>, M: AsRef<str>>(
     }
     Ok((enc, rank_to_id))
 }
+
+/// Longest whitespace run (in chars) handed to the pre-tokenizer regex in one piece; longer runs
+/// are cut after every this many chars and the parts encoded separately. fancy-regex (also under
+/// Python tiktoken) keeps one backtracking entry per char of a run for `\s+(?!\S)` and `\s*[\r\n]+`
+/// and fails at 1,000,000 entries (measured: runs from 999,999 chars fail), which tiktoken turns
+/// into a panic. Up to this length results equal the references'; past ~1M they have none.
+const MAX_WHITESPACE_RUN: usize = 500_000;
 
 /// tiktoken's map from token bytes to BPE rank.
 type Encoder = FxHashMap<Vec<u8>, Rank>;
