@@ -188,37 +188,34 @@ impl Tokenizer {
             )));
         }
 
-        // 1. The tiktoken encoder (bytes -> rank), whose construction dominates the build time.
-        // Ranks are ids when the merges say so (all Qwen vocabularies) or when there are no
-        // merges; the identity encoder is built speculatively while that check runs, and the row
-        // table used for decoding alongside (rayon's current pool).
-        let identity_limit = merges.map_or(n, |m| (256 + m.len()).min(n));
-        let (follows, (identity, rows)) = rayon::join(
+        // 1. The row table used for decoding (it checks every row), and whether ranks are ids:
+        // true when the merges say so (all Qwen vocabularies) or when there are no merges.
+        // Both in parallel on rayon's current pool.
+        let (follows, rows) = rayon::join(
             || merges.map_or(Ok(true), |m| ranks_follow_ids(tokens, kinds, m)),
-            || {
-                rayon::join(
-                    || identity_encoder(tokens, kinds, identity_limit),
-                    || row_bytes(tokens, kinds),
-                )
-            },
+            || row_bytes(tokens, kinds),
         );
-        // The row table checks every row, so its error (if any) is the most precise one.
         let (bytes, offsets) = rows?;
-        let (mut encoder, mut rank_to_id) = match (follows?, merges) {
-            (true, _) | (false, None) => (identity?, None),
-            (false, Some(m)) => {
-                drop(identity);
+
+        // 2. The tiktoken encoder (bytes -> rank), whose construction dominates the build time.
+        let follows = follows?;
+        let (mut encoder, mut rank_to_id) = match merges {
+            Some(m) if !follows => {
                 let (enc, map) = ranked_encoder(tokens, kinds, m)?;
                 (enc, Some(map))
+            }
+            _ => {
+                let limit = merges.map_or(n, |m| (256 + m.len()).min(n));
+                (identity_encoder(kinds, &bytes, &offsets, limit), None)
             }
         };
         add_missing_bytes(&mut encoder, &mut rank_to_id);
 
-        // 2. tiktoken's BPE over that encoder with the pre-tokenizer regex.
+        // 3. tiktoken's BPE over that encoder with the pre-tokenizer regex.
         let bpe = CoreBPE::new(encoder, FxHashMap::default(), config.pre.pattern())
             .map_err(|e| TokenizerError::Regex(e.to_string()))?;
 
-        // 3. Special tokens, matched leftmost-longest as HF's added-token splitter does.
+        // 4. Special tokens, matched leftmost-longest as HF's added-token splitter does.
         let mut special_by_text = FxHashMap::default();
         let mut special_ids = Vec::new();
         let mut special_texts: Vec<&str> = Vec::new();
@@ -522,22 +519,31 @@ fn ranks_follow_ids<T: AsRef<str>, M: AsRef<str>>(
     Ok(true)
 }
 
-/// Encoder with rank = id for normal rows below `limit`.
-fn identity_encoder<T: AsRef<str>>(
-    tokens: &[T],
-    kinds: &[TokenKind],
-    limit: usize,
-) -> Result<FxHashMap<Vec<u8>, Rank>, TokenizerError> {
-    let mut enc = FxHashMap::with_capacity_and_hasher(limit, Default::default());
-    for (id, (tok, &kind)) in tokens.iter().zip(kinds).enumerate().take(limit) {
-        if kind == TokenKind::Normal {
-            let tok = tok.as_ref();
-            let mut key = Vec::with_capacity(tok.len());
-            normal_token_bytes(id, tok, &mut key)?;
-            enc.insert(key, id as Rank);
-        }
-    }
-    Ok(enc)
+/// Encoder with rank = id for normal rows below `limit`, keys copied from the row table
+/// (`bytes`, `offsets` from [`row_bytes`]). The keys of the upper half are made on another thread
+/// while the lower half is inserted.
+fn identity_encoder(kinds: &[TokenKind], bytes: &[u8], offsets: &[u32], limit: usize) -> Encoder {
+    let keys = |ids: std::ops::Range<usize>| -> Vec<(Vec<u8>, Rank)> {
+        ids.filter(|&id| kinds[id] == TokenKind::Normal)
+            .map(|id| {
+                (
+                    bytes[offsets[id] as usize..offsets[id + 1] as usize].to_vec(),
+                    id as Rank,
+                )
+            })
+            .collect()
+    };
+    let mid = limit / 2;
+    let (mut enc, upper) = rayon::join(
+        || {
+            let mut enc = FxHashMap::with_capacity_and_hasher(limit, Default::default());
+            enc.extend(keys(0..mid));
+            enc
+        },
+        || keys(mid..limit),
+    );
+    enc.extend(upper);
+    enc
 }
 
 /// Encoder whose ranks come from the merges list (single bytes 0..256 by byte value, the token
