@@ -30,7 +30,9 @@ use qwen::{Model, ModelFile, State};
     about = "Prefill (pp) and decode (tg) tokens/s of a GGUF model, like llama-bench",
     after_help = "Example: qwen-bench -f model.qbin -p 128 -n 64 -t 2 -r 3 --json\n\
 --json prints {\"pp\":{\"tokens_per_s\":X,\"stddev\":S},\"tg\":{\"tokens_per_s\":Y,\"stddev\":S},...}\n\
-(a test skipped with -p 0 / -n 0 is null) followed by load_s, peak_rss_mb, kernels, threads and the sizes."
+(a test skipped with -p 0 / -n 0 is null) followed by load_s, peak_rss_mb, kernels, threads and the sizes\n\
+(decode_bytes_per_token: weight bytes one decode step reads; divided into the memory read bandwidth it\n\
+gives the decode limit in tokens/s)."
 )]
 struct Args {
     /// Model file (GGUF v3, as written by qwen-convert).
@@ -201,6 +203,13 @@ fn run(args: &Args) -> Res<()> {
         .iter()
         .map(|t| t.dims.iter().product::<u64>())
         .sum();
+    // Weight bytes a decode step streams from memory: every tensor, except that
+    // token_embd is only indexed (one row) when a separate output matrix exists.
+    let tensor_bytes: u64 = g.tensors.iter().map(|t| t.n_bytes).sum();
+    let decode_bytes = match (g.tensor("output.weight"), g.tensor("token_embd.weight")) {
+        (Some(_), Some(e)) => tensor_bytes - e.n_bytes,
+        _ => tensor_bytes,
+    };
     let model_name = cfg
         .name
         .clone()
@@ -212,7 +221,7 @@ fn run(args: &Args) -> Res<()> {
         eprintln!("kernels: {level}");
         eprintln!("threads: {threads}");
         eprintln!(
-            "model: {} arch={} type={} n_vocab={} n_embd={} n_layer={} n_head={} n_head_kv={} head_dim={} n_ff={} file={} bytes params={} kv_cache={} bytes",
+            "model: {} arch={} type={} n_vocab={} n_embd={} n_layer={} n_head={} n_head_kv={} head_dim={} n_ff={} file={} bytes params={} decode_bytes_per_token={} kv_cache={} bytes",
             model_name,
             cfg.arch.name(),
             main_type,
@@ -225,6 +234,7 @@ fn run(args: &Args) -> Res<()> {
             cfg.n_ff,
             file_bytes,
             n_params,
+            decode_bytes,
             st.kv_bytes()
         );
         eprintln!("load: {load_s:.4} s");
@@ -287,7 +297,7 @@ fn run(args: &Args) -> Res<()> {
             None => "null".to_string(),
         };
         println!(
-            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"type\":{}}}",
+            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{}}}",
             js(pp),
             js(tg),
             json_num(load_s),
@@ -299,6 +309,7 @@ fn run(args: &Args) -> Res<()> {
             args.repetitions,
             file_bytes,
             n_params,
+            decode_bytes,
             serde_json::Value::String(main_type.clone()),
         );
     } else {

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The measurements behind the speed table in README.md and bench/RESULTS.md.
+#
+#   TORCH_PYTHON=/path/to/venv/bin/python LLAMA_BENCH=/path/to/llama-bench scripts/bench.sh [WORK_DIR]
+#
+# WORK_DIR (default /work/bench) receives, outside the repository:
+#   hf/qwen2.5-{0.5b,1.5b}/   random-weight checkpoints of the real shapes (scripts/make_bench_models.py;
+#                             made only if missing, which needs TORCH_PYTHON with torch + transformers)
+#   gguf/*.gguf               those converted by qwen-convert: q4_0, q8_0 (both sizes), f16 (0.5B)
+#   results/                  every raw output (qwen-bench --json, llama-bench -o json) and summary.md
+#
+# For each file, qwen-bench and llama-bench run alternately on the SAME file, ROUNDS times
+# (default 1), each with -p 128 -n 64 -t $THREADS -r $REPS (defaults 2 and 3). Then the
+# busy-neighbour test: a `while :; do :; done` shell loop at nice 0 keeps one core busy while
+# both measure tg again (q4_0 files; BUSY_TYPES to change). Then load time and peak RSS of the
+# 1.5B files (qwen-bench --json, warm page cache), and the 2-thread memory read bandwidth
+# (cargo bench --bench kernels -- read_bandwidth) that turns bytes per token into a decode limit.
+#
+# LLAMA_BENCH unset: the llama.cpp columns are skipped. Nothing here builds llama.cpp.
+# Run it on a quiet machine: every other process shows up in the numbers.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${1:-/work/bench}"
+THREADS="${THREADS:-2}"
+REPS="${REPS:-3}"
+ROUNDS="${ROUNDS:-1}"
+PP="${PP:-128}"
+TG="${TG:-64}"
+BUSY_TYPES="${BUSY_TYPES:-q4_0}"
+LLAMA_BENCH="${LLAMA_BENCH:-}"
+OUT="$WORK/results"
+mkdir -p "$WORK/gguf" "$OUT"
+
+cd "$ROOT"
+cargo build --release --bin qwen-bench --bin qwen-convert -p qwen-rs -p qwen-convert
+QB="$ROOT/target/release/qwen-bench"
+QC="$ROOT/target/release/qwen-convert"
+
+if [[ ! -f "$WORK/hf/qwen2.5-0.5b/model.safetensors" || ! -f "$WORK/hf/qwen2.5-1.5b/model.safetensors" ]]; then
+  : "${TORCH_PYTHON:?set TORCH_PYTHON to a python with torch + transformers to make the bench models}"
+  "$TORCH_PYTHON" scripts/make_bench_models.py "$WORK/hf"
+fi
+
+FILES=()
+for spec in 0.5b:q4_0 0.5b:q8_0 0.5b:f16 1.5b:q4_0 1.5b:q8_0; do
+  size="${spec%%:*}" ty="${spec##*:}"
+  f="$WORK/gguf/qwen2.5-$size-$ty.gguf"
+  if [[ ! -f "$f" ]]; then
+    "$QC" -q -i "$WORK/hf/qwen2.5-$size" -o "$f" -t "$ty"
+  fi
+  FILES+=("$f")
+done
+
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "host: $(uname -srm); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(nproc) cpus"
+  echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)"
+  echo "rustc: $(rustc --version)"
+  [[ -n "$LLAMA_BENCH" ]] && echo "llama-bench: $LLAMA_BENCH"
+  echo "load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$OUT/machine.txt"
+
+ours() { # file tag extra-args...
+  local f="$1" tag="$2"; shift 2
+  "$QB" -f "$f" -t "$THREADS" -r "$REPS" --json "$@" | tee "$OUT/ours_$tag.json"
+}
+theirs() { # file tag extra-args...
+  local f="$1" tag="$2"; shift 2
+  [[ -z "$LLAMA_BENCH" ]] && return 0
+  "$LLAMA_BENCH" -m "$f" -t "$THREADS" -r "$REPS" -o json "$@" > "$OUT/llama_$tag.json"
+  python3 -c 'import json,sys
+for r in json.load(open(sys.argv[1])): print(f"llama-bench p={r[\"n_prompt\"]} n={r[\"n_gen\"]}: {r[\"avg_ts\"]:.2f} ± {r[\"stddev_ts\"]:.2f} t/s")' "$OUT/llama_$tag.json"
+}
+
+# 1. quiet: pp and tg, alternating on the same file.
+for round in $(seq 1 "$ROUNDS"); do
+  for f in "${FILES[@]}"; do
+    tag="$(basename "$f" .gguf)_r$round"
+    echo "== $tag"
+    ours "$f" "$tag" -p "$PP" -n "$TG"
+    theirs "$f" "$tag" -p "$PP" -n "$TG"
+  done
+done
+
+# 2. busy neighbour: one core kept busy by a shell loop; tg only.
+for f in "${FILES[@]}"; do
+  name="$(basename "$f" .gguf)"
+  [[ " $BUSY_TYPES " == *" ${name##*-} "* ]] || continue
+  echo "== busy $name"
+  nice -n 0 sh -c 'while :; do :; done' &
+  busy=$!
+  trap 'kill "$busy" 2>/dev/null || true' EXIT
+  sleep 1
+  ours "$f" "busy_$name" -p 0 -n "$TG"
+  theirs "$f" "busy_$name" -p 0 -n "$TG"
+  kill "$busy"
+  wait "$busy" 2>/dev/null || true
+  trap - EXIT
+done
+
+# 3. load time and peak RSS of the 1.5B files (a second run: warm page cache).
+for f in "$WORK"/gguf/qwen2.5-1.5b-*.gguf; do
+  name="$(basename "$f" .gguf)"
+  "$QB" -f "$f" -t "$THREADS" -p 16 -n 4 -r 1 --json > /dev/null
+  echo "== load/rss $name"
+  ours "$f" "load_$name" -p "$PP" -n "$TG" -r 1
+done
+
+# 4. memory read bandwidth, 2 threads.
+cargo bench --bench kernels -- read_bandwidth 2>&1 | tee "$OUT/bandwidth.txt"
+
+python3 - "$OUT" "$ROUNDS" <<'EOF' | tee "$OUT/summary.md"
+import json, os, re, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+bw = None
+m = re.search(r"thrpt:\s*\[\s*[\d.]+ GiB/s\s+([\d.]+) GiB/s", open(os.path.join(out, "bandwidth.txt")).read())
+if m:
+    bw = float(m.group(1)) * 2**30
+names = ["qwen2.5-0.5b-q4_0", "qwen2.5-0.5b-q8_0", "qwen2.5-0.5b-f16", "qwen2.5-1.5b-q4_0", "qwen2.5-1.5b-q8_0"]
+def load(p):
+    return json.load(open(p)) if os.path.exists(p) else None
+def llama(p):
+    rows = load(p) or []
+    pp = next((r for r in rows if r["n_gen"] == 0), None)
+    tg = next((r for r in rows if r["n_prompt"] == 0), None)
+    return pp, tg
+f = lambda r, k="tokens_per_s", s="stddev": f"{r[k]:.1f} ± {r[s]:.1f}" if r else "-"
+print(f"read bandwidth (2 threads): {bw / 1e9:.1f} GB/s" if bw else "read bandwidth: not measured")
+print()
+print("| model | type | round | ours pp128 | llama.cpp pp128 | pp ratio | ours tg64 | llama.cpp tg64 | tg ratio | decode limit | ours % of limit | llama.cpp % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for r in range(1, rounds + 1):
+    for n in names:
+        o = load(os.path.join(out, f"ours_{n}_r{r}.json"))
+        if not o:
+            continue
+        lp, lt = llama(os.path.join(out, f"llama_{n}_r{r}.json"))
+        _, size, ty = n.split("-")
+        ours_pp, ours_tg = o["pp"]["tokens_per_s"], o["tg"]["tokens_per_s"]
+        ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+        lim = bw / o["decode_bytes_per_token"] if bw else None
+        pct = lambda x: f"{100 * x / lim:.0f}%" if lim and x else "-"
+        print(f"| Qwen2.5-{size.upper()} | {ty} | {r} | {f(o['pp'])} | {f(lp, 'avg_ts', 'stddev_ts')} | "
+              f"{ratio(ours_pp, lp and lp['avg_ts'])} | {f(o['tg'])} | {f(lt, 'avg_ts', 'stddev_ts')} | "
+              f"{ratio(ours_tg, lt and lt['avg_ts'])} | {f'{lim:.1f}' if lim else '-'} | "
+              f"{pct(ours_tg)} | {pct(lt and lt['avg_ts'])} |")
+print()
+print("| busy neighbour | ours tg quiet | ours tg busy | kept | llama.cpp tg quiet | llama.cpp tg busy | kept |")
+print("|---|---|---|---|---|---|---|")
+for n in names:
+    ob = load(os.path.join(out, f"ours_busy_{n}.json"))
+    if not ob:
+        continue
+    oq = load(os.path.join(out, f"ours_{n}_r1.json"))
+    _, lq = llama(os.path.join(out, f"llama_{n}_r1.json"))
+    _, lb = llama(os.path.join(out, f"llama_busy_{n}.json"))
+    keep = lambda b, q: f"{100 * b / q:.0f}%" if b and q else "-"
+    print(f"| {n} | {f(oq['tg'])} | {f(ob['tg'])} | {keep(ob['tg']['tokens_per_s'], oq['tg']['tokens_per_s'])} | "
+          f"{f(lq, 'avg_ts', 'stddev_ts')} | {f(lb, 'avg_ts', 'stddev_ts')} | {keep(lb and lb['avg_ts'], lq and lq['avg_ts'])} |")
+print()
+for n in names:
+    o = load(os.path.join(out, f"ours_load_{n}.json"))
+    if o:
+        print(f"{n}: load {o['load_s'] * 1e3:.1f} ms (warm), peak RSS {o['peak_rss_mb']:.0f} MiB, file {o['file_bytes'] / 2**20:.0f} MiB")
+EOF
