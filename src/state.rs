@@ -42,6 +42,20 @@ pub struct State {
     /// Logits, [n_vocab] for the last token, or [n_tokens, n_vocab] with all_logits.
     pub logits: Vec<f32>,
     pub scratch: MatmulScratch,
+    /// When `Some`, forward() appends a copy of every named intermediate
+    /// (llama.cpp's names: inp_embd, attn_norm-N, Qcur-N, …) for debugging
+    /// against a PyTorch dump. `None` (the default) costs nothing.
+    pub trace: Option<Vec<Trace>>,
+}
+
+/// One intermediate of one forward chunk: [rows, data.len() / rows].
+#[derive(Clone, Debug)]
+pub struct Trace {
+    pub name: String,
+    /// Position of the first row.
+    pub pos0: usize,
+    pub rows: usize,
+    pub data: Vec<f32>,
 }
 
 /// A zeroed buffer. `vec![0.0; n]` gets pages the OS zeroes lazily, so a KV
@@ -126,6 +140,7 @@ impl State {
             v_cache: zeros(kv),
             logits: zeros(cfg.n_vocab),
             scratch: MatmulScratch::new(b, max_cols),
+            trace: None,
         })
     }
 

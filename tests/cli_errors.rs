@@ -65,6 +65,22 @@ fn tiny_model_dumps_logits() {
     let (shape, data) = read_npy(&p.with_extension("npy"));
     assert_eq!(shape, vec![3, 96]);
     assert!(data.iter().all(|x| x.is_finite()));
+    // --dump-layers writes the named intermediates, chunks concatenated (-b 2).
+    let layers = dir().join("layers");
+    let o = run_ids(&p, &["--dump-layers", layers.to_str().unwrap(), "-b", "2"]);
+    ok(&o, "--dump-layers");
+    for (name, width) in [
+        ("inp_embd", 64),
+        ("Qcur-1", 64),
+        ("Kcur-0", 32),
+        ("l_out-1", 64),
+        ("result_norm", 64),
+    ] {
+        let (shape, _) = read_npy(&layers.join(format!("{name}.npy")));
+        assert_eq!(shape, vec![3, width], "{name}");
+    }
+    let (_, again) = read_npy(&p.with_extension("npy"));
+    assert_eq!(again, data, "tracing changed the logits");
     // -m is an alias of -f, -t and -c are accepted.
     let o = run(
         &qwen_run(),

@@ -39,6 +39,12 @@ struct Args {
     /// Write the logits of every --token-ids position as float32 .npy [n_ids, n_vocab].
     #[arg(long, value_name = "OUT.npy")]
     dump_logits: Option<PathBuf>,
+    /// With --token-ids: also write every named intermediate (inp_embd,
+    /// attn_norm-N, Qcur-N, Kcur-N, Vcur-N, kqv_out-N, ffn_inp-N, ffn_out-N,
+    /// l_out-N, result_norm) as DIR/NAME.npy [n_ids, width], for comparing
+    /// layer by layer with a PyTorch dump.
+    #[arg(long, value_name = "DIR", requires = "token_ids")]
+    dump_layers: Option<PathBuf>,
     /// generate = raw completion; chat = chat template (default).
     #[arg(long, value_enum)]
     mode: Option<Mode>,
@@ -222,7 +228,15 @@ fn run(args: Args) -> Res<ExitCode> {
             .ok_or("--token-ids needs --dump-logits OUT.npy")?;
         let ids = parse_ids(ids, cfg.n_vocab_embd)?;
         let n_ctx = context_size(&args, cfg.n_ctx_train, ids.len())?;
-        return dump_logits(&model, &ids, n_ctx, args.batch_size, out).map(|()| ExitCode::SUCCESS);
+        return dump_logits(
+            &model,
+            &ids,
+            n_ctx,
+            args.batch_size,
+            out,
+            args.dump_layers.as_deref(),
+        )
+        .map(|()| ExitCode::SUCCESS);
     }
     if args.dump_logits.is_some() {
         return Err("--dump-logits needs --token-ids".into());
@@ -298,15 +312,29 @@ fn parse_ids(s: &str, n_vocab: usize) -> Res<Vec<u32>> {
     Ok(ids)
 }
 
-fn dump_logits(model: &Model, ids: &[u32], n_ctx: usize, batch: usize, out: &PathBuf) -> Res<()> {
+fn dump_logits(
+    model: &Model,
+    ids: &[u32],
+    n_ctx: usize,
+    batch: usize,
+    out: &PathBuf,
+    layers: Option<&std::path::Path>,
+) -> Res<()> {
     let mut st = model
         .try_new_state(n_ctx, batch)
         .map_err(|e| e.to_string())?;
+    if layers.is_some() {
+        st.trace = Some(Vec::new());
+    }
     let t0 = Instant::now();
-    let logits = model
+    model
         .forward(&mut st, ids, 0, true)
         .map_err(|e| e.to_string())?;
     let dt = t0.elapsed().as_secs_f64();
+    if let (Some(dir), Some(traces)) = (layers, st.trace.take()) {
+        write_layers(dir, &traces)?;
+    }
+    let logits = &st.logits[..ids.len() * model.config.n_vocab];
     let f =
         std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     qwen::npy::write_f32(
@@ -324,6 +352,30 @@ fn dump_logits(model: &Model, ids: &[u32], n_ctx: usize, batch: usize, out: &Pat
         model.config.n_vocab,
         out.display()
     );
+    Ok(())
+}
+
+/// Writes each traced intermediate as DIR/NAME.npy, the chunks of one name
+/// concatenated in position order.
+fn write_layers(dir: &std::path::Path, traces: &[qwen::model::Trace]) -> Res<()> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut names: Vec<&str> = Vec::new();
+    for t in traces {
+        if !names.contains(&t.name.as_str()) {
+            names.push(&t.name);
+        }
+    }
+    for name in names {
+        let parts: Vec<&qwen::model::Trace> = traces.iter().filter(|t| t.name == name).collect();
+        let rows: usize = parts.iter().map(|t| t.rows).sum();
+        let data: Vec<f32> = parts.iter().flat_map(|t| t.data.iter().copied()).collect();
+        let width = data.len() / rows.max(1);
+        let path = dir.join(format!("{name}.npy"));
+        let f = std::fs::File::create(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        qwen::npy::write_f32(io::BufWriter::new(f), &[rows, width], &data)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     Ok(())
 }
 

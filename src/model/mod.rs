@@ -17,7 +17,7 @@ pub use crate::error::ModelError;
 use crate::matmul::{matmul, MatmulScratch, QMatrix};
 use crate::ops;
 pub use crate::ops::RopeStyle;
-pub use crate::state::State;
+pub use crate::state::{State, Trace};
 use crate::weights::QkvWeights;
 pub use crate::weights::Weights;
 
@@ -148,6 +148,14 @@ impl<'a> Model<'a> {
                         cfg.norm_eps,
                     );
                 }
+                trace(
+                    &mut st.trace,
+                    "result_norm",
+                    None,
+                    start_pos + done,
+                    t,
+                    &st.xb[..t * e],
+                );
                 matmul(
                     &self.weights.output,
                     &st.xb[..t * e],
@@ -210,6 +218,8 @@ impl<'a> Model<'a> {
                 })?;
         }
 
+        trace(&mut st.trace, "inp_embd", None, pos0, t, &st.x[..t * e]);
+
         // RoPE angles of the chunk's positions, shared by all layers.
         for i in 0..t {
             let pos = (pos0 + i) as f32 * cfg.rope_freq_scale;
@@ -232,6 +242,14 @@ impl<'a> Model<'a> {
                     eps,
                 );
             }
+            trace(
+                &mut st.trace,
+                "attn_norm",
+                Some(il),
+                pos0,
+                t,
+                &st.xb[..t * e],
+            );
             let xb = &st.xb[..t * e];
 
             // q [t, qd], k [t, kvd], v [t, kvd]
@@ -321,6 +339,10 @@ impl<'a> Model<'a> {
                 }
             }
 
+            trace(&mut st.trace, "Qcur", Some(il), pos0, t, q);
+            trace(&mut st.trace, "Kcur", Some(il), pos0, t, k);
+            trace(&mut st.trace, "Vcur", Some(il), pos0, t, &st.v[..t * kvd]);
+
             // Append k, v to the cache: [n_layer, n_ctx, n_head_kv, head_dim].
             let base = il * layer_stride + pos0 * kvd;
             st.k_cache[base..base + t * kvd].copy_from_slice(k);
@@ -342,6 +364,15 @@ impl<'a> Model<'a> {
                 );
             }
 
+            trace(
+                &mut st.trace,
+                "kqv_out",
+                Some(il),
+                pos0,
+                t,
+                &st.attn_out[..t * qd],
+            );
+
             // o-proj and residual.
             proj(
                 &lw.attn_output,
@@ -352,6 +383,7 @@ impl<'a> Model<'a> {
                 &mut st.scratch,
             );
             ops::add_inplace(&mut st.x[..t * e], &st.xb2[..t * e]);
+            trace(&mut st.trace, "ffn_inp", Some(il), pos0, t, &st.x[..t * e]);
 
             // FFN: down(silu(gate(x)) * up(x)) and residual.
             for i in 0..t {
@@ -384,9 +416,40 @@ impl<'a> Model<'a> {
                 t,
                 &mut st.scratch,
             );
+            trace(
+                &mut st.trace,
+                "ffn_out",
+                Some(il),
+                pos0,
+                t,
+                &st.xb2[..t * e],
+            );
             ops::add_inplace(&mut st.x[..t * e], &st.xb2[..t * e]);
+            trace(&mut st.trace, "l_out", Some(il), pos0, t, &st.x[..t * e]);
         }
         Ok(())
+    }
+}
+
+/// Records an intermediate when tracing is on (see [`State::trace`]).
+fn trace(
+    tr: &mut Option<Vec<Trace>>,
+    name: &str,
+    il: Option<usize>,
+    pos0: usize,
+    rows: usize,
+    data: &[f32],
+) {
+    if let Some(v) = tr {
+        v.push(Trace {
+            name: match il {
+                Some(il) => format!("{name}-{il}"),
+                None => name.to_string(),
+            },
+            pos0,
+            rows,
+            data: data.to_vec(),
+        });
     }
 }
 
