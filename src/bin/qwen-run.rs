@@ -150,6 +150,7 @@ fn run(args: Args) -> Res<ExitCode> {
     }
     let level = qwen::kernels::select(args.kernels.as_deref())?;
 
+    let t_load = Instant::now();
     let file = ModelFile::open(&args.model).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
 
@@ -185,9 +186,16 @@ fn run(args: Args) -> Res<ExitCode> {
     }
 
     let model = Model::load(&g).map_err(|e| e.to_string())?;
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let cfg = &model.config;
     if args.verbose {
         eprintln!("kernels: {level}");
+        eprintln!(
+            "loaded {} ({} MiB, {} tensors, mmap) in {load_ms:.1} ms",
+            file.path().display(),
+            file.bytes().len() >> 20,
+            g.tensors.len()
+        );
         eprintln!(
             "model: {} arch={} n_vocab={} n_embd={} n_layer={} n_head={} n_head_kv={} head_dim={} n_ff={} n_ctx_train={} rope_dim={} rope_base={} eps={} tied_output={}{}",
             cfg.name.as_deref().unwrap_or("(unnamed)"),
