@@ -3,7 +3,8 @@
 //! - `avx2`: AVX2 + FMA + F16C. Integer blocks with ggml's sign trick:
 //!   `maddubs(|w|, sign(x, w))` then `madd` with ones (`mul_sum_i8_pairs_float` in
 //!   ggml's `arch/x86/quants.c`).
-//!   One block per step; q4_1/q5_1 (unsigned codes) skip the sign trick.
+//!   q8_0: one block per step; the 4/5-bit types two blocks per step as unsigned
+//!   codes (`maddubs` of both halves, the offset from the pre-summed activations).
 //! - `avx512`: adds AVX-512 F/BW/VL + VNNI. Four blocks per step in two zmm
 //!   registers (see `avx512_impl`), one `vpdpbusd` per register, weights as unsigned
 //!   codes with the offset pre-summed in the activations, q5's fifth bits as mask
@@ -84,16 +85,6 @@ fn load32<T>(bytes: &[T; 32]) -> __m256i {
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
 }
 
-/// The 32 4-bit codes of a q4 block in element order: low nibbles then high nibbles.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn nibbles(qs: &[u8; 16]) -> __m256i {
-    // SAFETY: `qs` is 16 readable bytes; loadu has no alignment need.
-    let t = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-    let v = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
-    _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
-}
-
 /// Bit j of the little-endian `qh` -> byte j = 0xFF or 0x00 (ggml's `bytes_from_bits_32`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -153,22 +144,6 @@ fn hsum(v: __m256) -> f32 {
 #[inline]
 fn dot_us_avx2(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
-}
-
-/// q5_0 codes minus 16 as signed bytes (AVX2: ggml's andnot/or).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn q5_0_avx2(b: &BlockQ5_0) -> __m256i {
-    let hi = _mm256_andnot_si256(bytes_from_bits(b.qh), _mm256_set1_epi8(0xF0u8 as i8));
-    _mm256_or_si256(nibbles(&b.qs), hi)
-}
-
-/// q5_1 codes (0..32) as unsigned bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn q5_1_avx2(b: &BlockQ5_1) -> __m256i {
-    let hi = _mm256_and_si256(bytes_from_bits(b.qh), _mm256_set1_epi8(0x10));
-    _mm256_or_si256(nibbles(&b.qs), hi)
 }
 
 // ---------------------------------------------------------------------------
@@ -467,43 +442,147 @@ mod avx2_impl {
         };
     }
 
-    /// Unsigned weights with an offset `m` (q4_1, q5_1 against q8_1): adds `m * s`.
-    macro_rules! offset_tile {
-        ($inner:ident, $w:ty, $unpack:expr) => {
+    /// Unsigned codes of two q4/q5 blocks: (elements 0..16 of each, 16..32 of each),
+    /// matching two blocks' halves of an [`ActQ8x4`] (`lo[32p..32p + 32]`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn nibbles2(a: &[u8; 16], b: &[u8; 16], qh: Option<(u32, u32)>) -> (__m256i, __m256i) {
+        // SAFETY: a and b are 16 readable bytes each.
+        let raw = unsafe {
+            _mm256_set_m128i(
+                _mm_loadu_si128(b.as_ptr().cast()),
+                _mm_loadu_si128(a.as_ptr().cast()),
+            )
+        };
+        let m = _mm256_set1_epi8(0x0F);
+        let (mut lo, mut hi) = (
+            _mm256_and_si256(raw, m),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m),
+        );
+        if let Some((ha, hb)) = qh {
+            let bits_lo = (ha & 0xFFFF) | (hb & 0xFFFF) << 16;
+            let bits_hi = (ha >> 16) | (hb >> 16) << 16;
+            let s = _mm256_set1_epi8(0x10);
+            lo = _mm256_or_si256(
+                lo,
+                _mm256_and_si256(bytes_from_bits(bits_lo.to_le_bytes()), s),
+            );
+            hi = _mm256_or_si256(
+                hi,
+                _mm256_and_si256(bytes_from_bits(bits_hi.to_le_bytes()), s),
+            );
+        }
+        (lo, hi)
+    }
+
+    /// Two blocks per step for the 4/5-bit types: unsigned codes (0..32) against the
+    /// activations with `maddubs` (no i16 overflow: 2 * 31 * 127 per pair, twice), the
+    /// offset (8 or 16 times the activation sum) from the pre-summed `bias`, `m * s`
+    /// for q4_1/q5_1. Blocks past the last group of four go through the scalar twin.
+    macro_rules! pair_tile {
+        ($inner:ident, $w:ty, $codes:expr, $tail:path, bias = $shift:tt, m = $m:tt) => {
             #[target_feature(enable = "avx2,fma,f16c")]
             fn $inner<const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
-                let ng = act_groups(w.len());
+                let nb = w.len();
+                let ng = act_groups(nb);
+                let full = nb / 4;
                 let mut acc = [_mm256_setzero_ps(); NT];
+                #[allow(unused_mut)] // only the m-offset types add to it
                 let mut ms = [0.0f32; NT];
-                for (i, wb) in w.iter().enumerate() {
-                    prefetch(wb);
-                    let (gi, b) = (i / 4, i % 4);
-                    let q = $unpack(wb);
-                    let dw = splat_f16(wb.d);
-                    let m = f16_to_f32(wb.m);
+                let ones = _mm256_set1_epi16(1);
+                let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+                for i in (0..full * 4).step_by(2) {
+                    let (wa, wb) = (&w[i], &w[i + 1]);
+                    prefetch(wa);
+                    let (gi, p) = (i / 4, (i % 4) / 2);
+                    let (lo, hi): (__m256i, __m256i) = $codes(wa, wb);
+                    let dw = _mm_cvtph_ps(_mm_cvtsi32_si128((wa.d.to_bits() as u32 | (wb.d.to_bits() as u32) << 16) as i32));
+                    #[allow(unused_variables)]
+                    let (ma, mb) = pair_tile!(@m_load $m, wa, wb);
                     for t in 0..NT {
                         let g = &x[t * ng + gi];
-                        let p = dot_us_avx2(q, act_block(g, b));
-                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(g.d[b]));
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[t]);
-                        ms[t] += m * g.s[b];
+                        let (ylo, yhi) = (&g.lo[32 * p..32 * p + 32], &g.hi[32 * p..32 * p + 32]);
+                        // SAFETY: ylo and yhi are 32 readable bytes each.
+                        let (ylo, yhi) = unsafe { (_mm256_loadu_si256(ylo.as_ptr().cast()), _mm256_loadu_si256(yhi.as_ptr().cast())) };
+                        let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+                        let s32 = pair_tile!(@bias $shift, _mm256_madd_epi16(s16, ones), g, p);
+                        let dy = _mm_setr_ps(g.d[2 * p], g.d[2 * p + 1], 0.0, 0.0);
+                        let sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(dw, dy)), spread);
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), sc, acc[t]);
+                        pair_tile!(@m_acc $m, ms[t], ma, mb, g, p);
                     }
                 }
                 for t in 0..NT {
-                    out[t] = hsum(acc[t]) + ms[t];
+                    let tail = if full * 4 < nb {
+                        $tail(&w[full * 4..], &x[t * ng + full..(t + 1) * ng])
+                    } else {
+                        0.0
+                    };
+                    out[t] = hsum(acc[t]) + ms[t] + tail;
                 }
             }
         };
+        (@bias none, $v:expr, $g:ident, $p:ident) => {
+            $v
+        };
+        (@bias $k:literal, $v:expr, $g:ident, $p:ident) => {{
+            let b = &$g.bias[8 * $p..8 * $p + 8];
+            // SAFETY: b is 8 readable i32.
+            _mm256_add_epi32($v, _mm256_slli_epi32::<$k>(unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }))
+        }};
+        (@m_load yes, $a:ident, $b:ident) => {
+            (f16_to_f32($a.m), f16_to_f32($b.m))
+        };
+        (@m_load no, $a:ident, $b:ident) => {
+            (0.0f32, 0.0f32)
+        };
+        (@m_acc yes, $acc:expr, $ma:ident, $mb:ident, $g:ident, $p:ident) => {
+            $acc += $ma * $g.s[2 * $p] + $mb * $g.s[2 * $p + 1];
+        };
+        (@m_acc no, $acc:expr, $ma:ident, $mb:ident, $g:ident, $p:ident) => {};
     }
 
-    signed_tile!(q4_0_t, BlockQ4_0, |b: &BlockQ4_0| _mm256_sub_epi8(
-        nibbles(&b.qs),
-        _mm256_set1_epi8(8)
-    ));
-    signed_tile!(q5_0_t, BlockQ5_0, q5_0_avx2);
+    pair_tile!(
+        q4_0_t,
+        BlockQ4_0,
+        |a: &BlockQ4_0, b: &BlockQ4_0| nibbles2(&a.qs, &b.qs, None),
+        generic::vec_dot_q4_0,
+        bias = 0,
+        m = no
+    );
+    pair_tile!(
+        q4_1_t,
+        BlockQ4_1,
+        |a: &BlockQ4_1, b: &BlockQ4_1| nibbles2(&a.qs, &b.qs, None),
+        generic::vec_dot_q4_1,
+        bias = none,
+        m = yes
+    );
+    pair_tile!(
+        q5_0_t,
+        BlockQ5_0,
+        |a: &BlockQ5_0, b: &BlockQ5_0| nibbles2(
+            &a.qs,
+            &b.qs,
+            Some((u32::from_le_bytes(a.qh), u32::from_le_bytes(b.qh)))
+        ),
+        generic::vec_dot_q5_0,
+        bias = 1,
+        m = no
+    );
+    pair_tile!(
+        q5_1_t,
+        BlockQ5_1,
+        |a: &BlockQ5_1, b: &BlockQ5_1| nibbles2(
+            &a.qs,
+            &b.qs,
+            Some((u32::from_le_bytes(a.qh), u32::from_le_bytes(b.qh)))
+        ),
+        generic::vec_dot_q5_1,
+        bias = none,
+        m = yes
+    );
     signed_tile!(q8_0_t, BlockQ8_0, |b: &BlockQ8_0| load32(&b.qs));
-    offset_tile!(q4_1_t, BlockQ4_1, |b: &BlockQ4_1| nibbles(&b.qs));
-    offset_tile!(q5_1_t, BlockQ5_1, q5_1_avx2);
 
     wrap_tile!(q4_0, q4_0_t, BlockQ4_0, ActQ8x4, 4, act_groups);
     wrap_tile!(q5_0, q5_0_t, BlockQ5_0, ActQ8x4, 4, act_groups);
