@@ -1,9 +1,8 @@
 //! x86-64 kernels at two levels:
 //!
-//! - `avx2`: AVX2 + FMA + F16C. Integer blocks with ggml's sign trick:
+//! - `avx2`: AVX2 + FMA + F16C. q8_0 one block per step with ggml's sign trick,
 //!   `maddubs(|w|, sign(x, w))` then `madd` with ones (`mul_sum_i8_pairs_float` in
-//!   ggml's `arch/x86/quants.c`).
-//!   q8_0: one block per step; the 4/5-bit types two blocks per step as unsigned
+//!   ggml's `arch/x86/quants.c`); the 4/5-bit types two blocks per step as unsigned
 //!   codes (`maddubs` of both halves, the offset from the pre-summed activations).
 //! - `avx512`: adds AVX-512 F/BW/VL + VNNI. Four blocks per step in two zmm
 //!   registers (see `avx512_impl`), one `vpdpbusd` per register, weights as unsigned
