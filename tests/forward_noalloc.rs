@@ -1,5 +1,8 @@
 //! A decoding step (one token, last logits only) allocates nothing: all
-//! buffers are made by State::new. Checked with a counting global allocator.
+//! buffers are made by State::new. Checked with a counting global allocator
+//! that counts every thread, inside a one-thread rayon pool: with two or more
+//! workers rayon's own work-stealing deques occasionally grow (measured: 12 of
+//! 100 runs saw 2 allocations), which is the scheduler's bookkeeping, not ours.
 
 #[path = "forward_common/mod.rs"]
 mod common;
@@ -52,16 +55,14 @@ fn decode_step_allocates_nothing() {
         let g = Gguf::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[..bytes.len()]).unwrap();
         let m = qwen::Model::load(&g).unwrap();
         let mut st = m.new_state(64, 8);
-        m.forward(&mut st, &[1, 2, 3, 4, 5], 0, false).unwrap();
-        // Warm up once (rayon's pool starts on first use).
-        m.forward(&mut st, &[6], 5, false).unwrap();
-        // Every thread's allocations count. With several workers rayon's own
-        // work-stealing deques occasionally grow (its bookkeeping, not ours),
-        // so the steps run inside a one-thread pool, warmed up first.
+        // Every thread's allocations count, so everything runs inside one
+        // pool whose worker is up before counting starts (a lazily started
+        // global pool allocates its deques while its threads spin up).
         pool.install(|| {
-            m.forward(&mut st, &[7], 6, false).unwrap();
+            m.forward(&mut st, &[1, 2, 3, 4, 5], 0, false).unwrap();
+            m.forward(&mut st, &[6], 5, false).unwrap();
             COUNTING.store(true, Ordering::SeqCst);
-            for pos in 7..31 {
+            for pos in 6..30 {
                 m.forward(&mut st, &[pos as u32], pos, false).unwrap();
             }
             COUNTING.store(false, Ordering::SeqCst);
