@@ -104,11 +104,13 @@ pub fn ok(o: &Output, what: &str) {
 }
 
 /// Converts an HF folder with qwen-convert into `out` of type `ty` (skipped when
-/// `out` is newer than every file of the folder).
+/// `out` is newer than every file of the folder and than qwen-convert itself).
 pub fn convert(hf: &Path, out: &Path, ty: &str) {
+    let conv = qwen_convert();
     let newest_src = std::fs::read_dir(hf)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", hf.display()))
         .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+        .chain(std::fs::metadata(&conv).and_then(|m| m.modified()).ok())
         .max();
     if let (Ok(m), Some(src)) = (
         std::fs::metadata(out).and_then(|m| m.modified()),
@@ -118,7 +120,6 @@ pub fn convert(hf: &Path, out: &Path, ty: &str) {
             return;
         }
     }
-    let conv = qwen_convert();
     let o = run(
         &conv,
         &[
