@@ -38,8 +38,11 @@ cd "$ROOT"
 if [[ -z "${NO_BUILD:-}" ]]; then
   cargo build --release --bin qwen-bench --bin qwen-convert -p qwen-rs -p qwen-convert
 fi
-QB="$ROOT/target/release/qwen-bench"
-QC="$ROOT/target/release/qwen-convert"
+# Copies, so that a build by someone else during the run cannot swap the binary under us.
+mkdir -p "$WORK/bin"
+cp "$ROOT/target/release/qwen-bench" "$ROOT/target/release/qwen-convert" "$WORK/bin/"
+QB="$WORK/bin/qwen-bench"
+QC="$WORK/bin/qwen-convert"
 
 if [[ ! -f "$WORK/hf/qwen2.5-0.5b/model.safetensors" || ! -f "$WORK/hf/qwen2.5-1.5b/model.safetensors" ]]; then
   : "${TORCH_PYTHON:?set TORCH_PYTHON to a python with torch + transformers to make the bench models}"
