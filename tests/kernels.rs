@@ -677,3 +677,14 @@ fn select_levels() {
     let best = kernels::select(None).unwrap();
     assert_eq!(Some(&best), kernels::available().last());
 }
+
+/// The bandwidth probe sums exactly (wrapping), whatever the length.
+#[test]
+fn stream_sum_is_a_sum() {
+    let mut rng = Rng(3);
+    for n in [0usize, 1, 15, 16, 17, 100, 4099] {
+        let v: Vec<u64> = (0..n).map(|_| rng.next()).collect();
+        let want = v.iter().fold(0u64, |s, &x| s.wrapping_add(x));
+        assert_eq!(kernels::stream_sum(&v), want, "n={n}");
+    }
+}
