@@ -106,4 +106,9 @@ else
         run_one "$t" || status=1
     done
 fi
+# The safetensors target writes its files to /dev/shm/qwen-fuzz-safetensors-PID.
+for d in /dev/shm/qwen-fuzz-safetensors-* "${TMPDIR:-/tmp}"/qwen-fuzz-safetensors-*; do
+    [ -d "$d" ] || continue
+    kill -0 "${d##*-}" 2>/dev/null || rm -rf "$d"
+done
 exit "$status"
