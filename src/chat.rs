@@ -23,6 +23,9 @@ pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + messag
 /// The system prompt used when the user gives none and the template has no default of its own.
 pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
 
+/// Step budget of one template render (minijinja fuel).
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub role: String,
@@ -91,6 +94,9 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
+        // A template is code from the file: bound its work. Real chat templates
+        // render a long conversation in well under 10^5 steps.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);

@@ -158,6 +158,15 @@ pub fn matmul_with(
     if n_tok == 0 || rows == 0 {
         return;
     }
+    // Rounding to 8 bits would turn a NaN/Inf activation into an ordinary code
+    // (ggml does the same and prints garbage). Float math would propagate it:
+    // do so, so that the caller's check on the logits sees it. One pass over
+    // x, small next to the weights.
+    let quantized = !matches!(w.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16);
+    if quantized && !x.iter().all(|v| v.is_finite()) {
+        y.fill(f32::NAN);
+        return;
+    }
     let mut plan = Plan::new(k, rows, cols, n_tok);
     // A parallel call that stalled (a worker descheduled mid-chunk) makes the next
     // calls run on the calling thread alone for a while; see `stall`.

@@ -229,6 +229,10 @@ pub fn scan_non_finite(g: &Gguf) -> Result<Vec<NonFinite>, ModelError> {
             let data = g.tensor_data(info);
             let row_len = info.dims.first().copied().unwrap_or(1).max(1) as usize;
             let n_elements: u64 = info.dims.iter().product();
+            if n_elements == 0 || data.is_empty() {
+                // Nothing to scan; and a [2^40, 0] tensor must not size a row buffer.
+                return Ok(None);
+            }
             let row_bytes =
                 info.dtype
                     .row_bytes(row_len as u64)
