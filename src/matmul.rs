@@ -372,23 +372,28 @@ mod stall {
     use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
     use std::time::Duration;
 
-    const SLOTS: usize = 64;
+    const SLOTS: usize = 256;
     const MIN_PENALTY: u32 = 64;
     const MAX_PENALTY: u32 = 1024;
-    /// Fastest recent parallel call per shape (hashed), in ns; 0 = none yet.
+    /// Fastest recent parallel call per shape, in ns (0 = none yet), in the slot
+    /// `key % SLOTS`; OWNER holds the full key of the shape the slot times, so two
+    /// shapes sharing a slot reset it instead of timing one against the other.
     static BEST_NS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+    static OWNER: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
     static SERIAL_LEFT: AtomicU32 = AtomicU32::new(0);
     static PENALTY: AtomicU32 = AtomicU32::new(MIN_PENALTY);
     static CLEAN: AtomicU32 = AtomicU32::new(0);
     pub(super) static STALLS: AtomicU64 = AtomicU64::new(0);
     pub(super) static SERIAL_CALLS: AtomicU64 = AtomicU64::new(0);
 
-    pub(super) fn key(dtype: GgmlType, rows: usize, cols: usize, n_tok: usize) -> usize {
-        let mut h = dtype.tag() as u64;
+    /// A full 64-bit key of the call's shape (never 0).
+    pub(super) fn key(dtype: GgmlType, rows: usize, cols: usize, n_tok: usize) -> u64 {
+        let mut h = dtype.tag() as u64 + 1;
         for v in [rows, cols, n_tok] {
             h = (h ^ v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            h ^= h >> 29;
         }
-        (h >> 58) as usize % SLOTS
+        h | 1
     }
 
     /// Off when the environment says `QWEN_SERIAL_FALLBACK=0`.
@@ -425,8 +430,14 @@ mod stall {
         }
     }
 
-    pub(super) fn record(key: usize, took: Duration) {
+    pub(super) fn record(key: u64, took: Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let slot = (key % SLOTS as u64) as usize;
+        if OWNER[slot].swap(key, Relaxed) != key {
+            BEST_NS[slot].store(ns, Relaxed);
+            return;
+        }
+        let key = slot;
         let best = BEST_NS[key].load(Relaxed);
         if is_stall(best, ns) {
             STALLS.fetch_add(1, Relaxed);
@@ -463,6 +474,9 @@ mod tests {
         assert_eq!(next_best(0, 70), 70);
         assert_eq!(next_best(100, 70), 70);
         assert_eq!(next_best(6400, 9000), 6501);
-        assert!(key(GgmlType::Q4_0, 896, 896, 1) < 64);
+        assert_ne!(
+            key(GgmlType::Q4_0, 896, 896, 1),
+            key(GgmlType::Q4_0, 896, 896, 2)
+        );
     }
 }
