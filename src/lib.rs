@@ -1,6 +1,7 @@
 //! qwen-rs: a CPU-first runtime for Qwen models stored as GGUF v3 (`.qbin`) files.
 
 pub mod chat;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod interactive;

@@ -74,26 +74,10 @@ const MAX_THREADS: usize = 1024;
 type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
-    // A panic is a bug; still keep the one-line contract.
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info.to_string().replace('\n', " ");
-        eprintln!("error: internal error (a bug, please report): {msg}");
-        std::process::exit(1);
-    }));
-    let args = match Args::try_parse() {
+    qwen::cli::install_panic_hook();
+    let args: Args = match qwen::cli::parse_args() {
         Ok(a) => a,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                print!("{e}");
-                return ExitCode::SUCCESS;
-            }
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see --help)");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
