@@ -437,8 +437,7 @@ mod stall {
             BEST_NS[slot].store(ns, Relaxed);
             return;
         }
-        let key = slot;
-        let best = BEST_NS[key].load(Relaxed);
+        let best = BEST_NS[slot].load(Relaxed);
         if is_stall(best, ns) {
             STALLS.fetch_add(1, Relaxed);
             let p = PENALTY.load(Relaxed);
@@ -446,7 +445,7 @@ mod stall {
             PENALTY.store((p * 2).min(MAX_PENALTY), Relaxed);
             CLEAN.store(0, Relaxed);
         } else {
-            BEST_NS[key].store(next_best(best, ns), Relaxed);
+            BEST_NS[slot].store(next_best(best, ns), Relaxed);
             if CLEAN.fetch_add(1, Relaxed) + 1 >= 256 {
                 CLEAN.store(0, Relaxed);
                 let p = PENALTY.load(Relaxed);
