@@ -36,6 +36,9 @@ pub const SUPPORTED: &[GgmlType] = &[
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
 ];
 
 impl<'a> QMatrix<'a> {
@@ -107,6 +110,8 @@ pub struct MatmulScratch {
     max_cols: usize,
     /// [max_tokens, act_groups(max_cols / 32)]
     acts: Vec<ActQ8x4>,
+    /// q8_K activations for the K-quant types.
+    kq: kernels::kq::KqScratch,
 }
 
 impl MatmulScratch {
@@ -119,6 +124,7 @@ impl MatmulScratch {
             max_tokens,
             max_cols,
             acts: vec![ActQ8x4::default(); max_tokens * ng],
+            kq: kernels::kq::KqScratch::new(max_tokens, max_cols),
         }
     }
 }
@@ -181,6 +187,10 @@ pub fn matmul_with(
         GgmlType::Q5_0 => plan.run_q(k.q5_0, k.quantize, cast(w), x, y, n_tok, scratch),
         GgmlType::Q4_1 => plan.run_q(k.q4_1, k.quantize, cast(w), x, y, n_tok, scratch),
         GgmlType::Q5_1 => plan.run_q(k.q5_1, k.quantize, cast(w), x, y, n_tok, scratch),
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+            let kq = kernels::kq::table(k.name);
+            kernels::kq::matmul_with(kq, w, x, y, n_tok, &mut scratch.kq, plan.parallel)
+        }
         other => panic!("matmul: type {other} passed QMatrix::new but has no kernel"),
     }
     if plan.parallel {

@@ -21,6 +21,12 @@
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
 pub mod generic;
+pub mod kq;
+#[cfg(target_arch = "aarch64")]
+mod kq_aarch64;
+pub mod kq_generic;
+#[cfg(target_arch = "x86_64")]
+mod kq_x86;
 mod par;
 #[cfg(target_arch = "x86_64")]
 mod x86;

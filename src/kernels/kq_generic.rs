@@ -1,0 +1,215 @@
+//! Scalar K-quant dot products against q8_K activations: the spec the SIMD levels are
+//! tested against. A port of ggml's `ggml_vec_dot_q4_K_q8_K_generic`,
+//! `ggml_vec_dot_q5_K_q8_K_generic` and `ggml_vec_dot_q6_K_q8_K_generic`
+//! (`ggml/src/ggml-cpu/quants.c`): the codes of a super-block are unpacked to i8,
+//! multiplied with the activation codes in 8 integer lanes (element `i % 8`) weighted
+//! by the sub-block scale, and each lane is added to its own f32 sum as `d_w * d_x *
+//! lane`; q4_K / q5_K subtract `dmin_w * d_x * sum(bsums * mins)` per super-block. The
+//! result is the value ggml's generic build computes, in the same float order.
+
+use super::kq::{KqKernels, MAX_KQ_TILE_TOKENS};
+use quant_formats::block::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+
+/// The scalar K table.
+pub static SCALAR: KqKernels = KqKernels {
+    name: "scalar",
+    tile_tokens: 4,
+    q4_k: tile_q4_k,
+    q5_k: tile_q5_k,
+    q6_k: tile_q6_k,
+};
+
+/// The 8 six-bit scales and 8 six-bit mins packed in a q4_K / q5_K block's 12 bytes,
+/// unpacked as ggml's `utmp` shuffle does (kmask1/2/3): (scales, mins).
+#[inline]
+pub fn scales_mins_k4(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let sc_lo = u0 & KMASK1;
+    let sc_hi = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    let mn_lo = u1 & KMASK1;
+    let mn_hi = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let join = |a: u32, b: u32| {
+        let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
+    };
+    (join(sc_lo, sc_hi), join(mn_lo, mn_hi))
+}
+
+/// One super-block's integer part: `aux32[l] += scale(j) * a[i] * q8[i]` over every
+/// element `i` (lane `l = i % 8`), with `scale(j)` the scale of element `i`'s
+/// sub-block of `sub` elements.
+#[inline]
+fn lanes(a: &[i8; QK_K], q8: &[i8; QK_K], scales: impl Fn(usize) -> i32, sub: usize) -> [i32; 8] {
+    let mut aux32 = [0i32; 8];
+    for (j, (aj, qj)) in a.chunks_exact(sub).zip(q8.chunks_exact(sub)).enumerate() {
+        let scale = scales(j);
+        for (a8, q8) in aj.chunks_exact(8).zip(qj.chunks_exact(8)) {
+            for l in 0..8 {
+                // ggml's aux16 = q8 * a fits i16: |a| <= 32, |q8| <= 128.
+                aux32[l] += scale * (q8[l] as i16 * a8[l] as i16) as i32;
+            }
+        }
+    }
+    aux32
+}
+
+/// q4_K codes of a super-block in element order: for each 64 elements, the low
+/// nibbles of 32 bytes then their high nibbles.
+#[inline]
+fn codes_q4_k(qs: &[u8; QK_K / 2]) -> [i8; QK_K] {
+    std::array::from_fn(|i| {
+        let (j, l) = (i / 64, i % 64);
+        let b = qs[32 * j + l % 32];
+        (if l < 32 { b & 0x0F } else { b >> 4 }) as i8
+    })
+}
+
+/// q4_K · q8_K (`ggml_vec_dot_q4_K_q8_K_generic`).
+pub fn vec_dot_q4_k(w: &[BlockQ4K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(
+        w.len(),
+        x.len(),
+        "vec_dot_q4_k: {} weight blocks, {} activation blocks",
+        w.len(),
+        x.len()
+    );
+    let mut sums = [0.0f32; 8];
+    let mut sumf = 0.0f32;
+    for (b, y) in w.iter().zip(x) {
+        let a = codes_q4_k(&b.qs);
+        let (sc, mn) = scales_mins_k4(&b.scales);
+        let sumi: i32 = (0..QK_K / 16)
+            .map(|j| y.bsums[j] as i32 * mn[j / 2] as i32)
+            .sum();
+        let aux32 = lanes(&a, &y.qs, |j| sc[j] as i32, 32);
+        let d = b.d.to_f32() * y.d;
+        for l in 0..8 {
+            sums[l] += d * aux32[l] as f32;
+        }
+        let dmin = b.dmin.to_f32() * y.d;
+        sumf -= dmin * sumi as f32;
+    }
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+/// q5_K codes of a super-block in element order: q4_K's nibbles plus 16 where the
+/// element's bit of `qh` is set (bit `2j` for the low nibbles of the j-th 64, `2j+1`
+/// for the high ones).
+#[inline]
+fn codes_q5_k(qs: &[u8; QK_K / 2], qh: &[u8; QK_K / 8]) -> [i8; QK_K] {
+    let lo = codes_q4_k(qs);
+    std::array::from_fn(|i| {
+        let bit = i / 32;
+        lo[i] + if qh[i % 32] & (1 << bit) != 0 { 16 } else { 0 }
+    })
+}
+
+/// q5_K · q8_K (`ggml_vec_dot_q5_K_q8_K_generic`).
+pub fn vec_dot_q5_k(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(
+        w.len(),
+        x.len(),
+        "vec_dot_q5_k: {} weight blocks, {} activation blocks",
+        w.len(),
+        x.len()
+    );
+    let mut sums = [0.0f32; 8];
+    let mut sumf = 0.0f32;
+    for (b, y) in w.iter().zip(x) {
+        let a = codes_q5_k(&b.qs, &b.qh);
+        let (sc, mn) = scales_mins_k4(&b.scales);
+        let sumi: i32 = (0..QK_K / 16)
+            .map(|j| y.bsums[j] as i32 * mn[j / 2] as i32)
+            .sum();
+        let aux32 = lanes(&a, &y.qs, |j| sc[j] as i32, 32);
+        let d = b.d.to_f32() * y.d;
+        for l in 0..8 {
+            sums[l] += d * aux32[l] as f32;
+        }
+        let dmin = b.dmin.to_f32() * y.d;
+        sumf -= dmin * sumi as f32;
+    }
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+/// q6_K codes of a super-block in element order, minus 32: per 128 elements, low
+/// nibbles of `ql[0..32]`, `ql[32..64]`, then high nibbles of the same, each with two
+/// bits of `qh[0..32]` (bits 0-1, 2-3, 4-5, 6-7) on top.
+#[inline]
+fn codes_q6_k(ql: &[u8; QK_K / 2], qh: &[u8; QK_K / 4]) -> [i8; QK_K] {
+    std::array::from_fn(|i| {
+        let (h, r) = (i / 128, i % 128);
+        let (quarter, l) = (r / 32, r % 32);
+        let q = &ql[64 * h..64 * h + 64];
+        let hb = (qh[32 * h + l] >> (2 * quarter)) & 3;
+        let lo = match quarter {
+            0 => q[l] & 0x0F,
+            1 => q[l + 32] & 0x0F,
+            2 => q[l] >> 4,
+            _ => q[l + 32] >> 4,
+        };
+        (lo | (hb << 4)) as i8 - 32
+    })
+}
+
+/// q6_K · q8_K (`ggml_vec_dot_q6_K_q8_K_generic`).
+pub fn vec_dot_q6_k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(
+        w.len(),
+        x.len(),
+        "vec_dot_q6_k: {} weight blocks, {} activation blocks",
+        w.len(),
+        x.len()
+    );
+    let mut sums = [0.0f32; 8];
+    for (b, y) in w.iter().zip(x) {
+        let a = codes_q6_k(&b.ql, &b.qh);
+        let aux32 = lanes(&a, &y.qs, |j| b.scales[j] as i32, 16);
+        let d = b.d.to_f32() * y.d;
+        for l in 0..8 {
+            sums[l] += d * aux32[l] as f32;
+        }
+    }
+    let mut sumf = 0.0f32;
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+/// A tile kernel from a dot product: `out[t] = dot(w, x[t])`.
+macro_rules! kq_tile {
+    ($name:ident, $dot:ident, $w:ty) => {
+        #[doc = concat!("Tile of `", stringify!($dot), "`: `out[t] = dot(w, x[t])`.")]
+        pub fn $name(w: &[$w], x: &[BlockQ8K], out: &mut [f32]) {
+            let nb = w.len();
+            assert!(
+                (1..=MAX_KQ_TILE_TOKENS).contains(&out.len()) && x.len() == nb * out.len(),
+                "kq tile: {} activation blocks for {} tokens x {nb}",
+                x.len(),
+                out.len()
+            );
+            if nb == 0 {
+                out.fill(0.0);
+                return;
+            }
+            for (o, xt) in out.iter_mut().zip(x.chunks_exact(nb)) {
+                *o = $dot(w, xt);
+            }
+        }
+    };
+}
+
+kq_tile!(tile_q4_k, vec_dot_q4_k, BlockQ4K);
+kq_tile!(tile_q5_k, vec_dot_q5_k, BlockQ5K);
+kq_tile!(tile_q6_k, vec_dot_q6_k, BlockQ6K);

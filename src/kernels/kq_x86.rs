@@ -1,0 +1,532 @@
+//! x86-64 K-quant tiles (q4_K, q5_K, q6_K against q8_K activations) at two levels:
+//!
+//! - `avx2` (AVX2 + FMA + F16C): 32 codes per step as unsigned bytes, `maddubs` with
+//!   the activation codes (i16 pair sums), `madd` with the sub-block scale as i16 (i32
+//!   lanes), summed per super-block in i32; as ggml's AVX2 `ggml_vec_dot_q4_K_q8_K`.
+//! - `avx512` (+ AVX-512 F/BW/VL/VNNI): 64 codes per step in element order,
+//!   `vpdpbusd` from zero (each i32 lane, a sum of 4 products, fits in i16), then
+//!   `vpdpwssd` with the lane's sub-block scale in the low i16 (high i16 zero), summed
+//!   per super-block in i32.
+//!
+//! Both keep the weight codes unsigned and move the offsets to the activations' sums
+//! (`bsums`): q4_K / q5_K subtract `dmin * sum(bsums * min)`, q6_K's `- 32` becomes
+//! `- 32 * sum(bsums * scale)` inside the integer sum. Integer sums are exact (bounds
+//! in the comments), so a super-block contributes the same integers as the scalar twin;
+//! only the order of the f32 additions differs.
+//!
+//! Every `#[target_feature]` function is private; the safe wrappers in the tables are
+//! only reachable through [`avx2`] / [`avx512`], which return a table only when the CPU
+//! reports every feature the functions are compiled for. A tile unpacks each weight
+//! super-block once and multiplies it with every token's block.
+
+use super::kq::KqKernels;
+use super::kq_generic::scales_mins_k4;
+use core::arch::x86_64::*;
+use half::f16;
+use quant_formats::block::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+
+/// The AVX2 K table, if this CPU has AVX2, FMA and F16C.
+pub(super) fn avx2() -> Option<&'static KqKernels> {
+    let ok = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    ok.then_some(&AVX2)
+}
+
+/// The AVX-512 K table, if this CPU also has AVX-512 F, BW, VL and VNNI.
+pub(super) fn avx512() -> Option<&'static KqKernels> {
+    let ok = avx2().is_some()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni");
+    ok.then_some(&AVX512)
+}
+
+static AVX2: KqKernels = KqKernels {
+    name: "avx2",
+    tile_tokens: 4,
+    q4_k: avx2_impl::q4_k,
+    q5_k: avx2_impl::q5_k,
+    q6_k: avx2_impl::q6_k,
+};
+
+static AVX512: KqKernels = KqKernels {
+    name: "avx512",
+    tile_tokens: 8,
+    q4_k: avx512_impl::q4_k,
+    q5_k: avx512_impl::q5_k,
+    q6_k: avx512_impl::q6_k,
+};
+
+// ---------------------------------------------------------------------------
+// Shared AVX2 helpers (inlined into the AVX-512 functions too, whose feature set
+// is a superset).
+
+/// Bytes ahead of the weight being read that the tiles prefetch (as the other
+/// x86 kernels: the hardware prefetchers alone leave decode short of bandwidth).
+const PREFETCH: usize = 3072;
+
+/// Prefetch the cache lines `PREFETCH` bytes after block `b`: one per 64 bytes of
+/// the block, so consecutive blocks (stride < 256 bytes) cover every line.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_block<T>(b: &T) {
+    let p = (b as *const T).cast::<i8>().wrapping_add(PREFETCH);
+    let mut off = 0;
+    while off < std::mem::size_of::<T>() {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
+        off += 64;
+    }
+}
+
+/// One f16 as f32 through F16C (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn h2f(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// 32 bytes at `s[0..32]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load256<T: Copy>(s: &[T]) -> __m256i {
+    assert!(std::mem::size_of_val(s) >= 32);
+    // SAFETY: s holds at least 32 readable bytes (checked); loadu has no alignment need.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// 16 bytes at `s[0..16]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load128<T: Copy>(s: &[T]) -> __m128i {
+    assert!(std::mem::size_of_val(s) >= 16);
+    // SAFETY: s holds at least 16 readable bytes (checked); loadu has no alignment need.
+    unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
+}
+
+/// A q4_K / q5_K block's scales (vector bytes 0..8, and as an array) and mins
+/// (vector bytes 8..16).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scales_mins(s: &[u8; 12]) -> (__m128i, [u8; 8]) {
+    let (sc, mn) = scales_mins_k4(s);
+    let v = _mm_set_epi64x(u64::from_le_bytes(mn) as i64, u64::from_le_bytes(sc) as i64);
+    (v, sc)
+}
+
+/// The mins of [`scales_mins`] as 16 i16, each twice (`mins[j / 2]` for bsums[j]).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn mins_pairs(sm: __m128i) -> __m256i {
+    let dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, dup))
+}
+
+/// Sum of the 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Safe entry point over the `#[target_feature]` tile `$inner::<NT>`, NT in 1..=$max.
+macro_rules! wrap_tile {
+    ($name:ident, $inner:ident, $w:ty, $max:tt) => {
+        pub(super) fn $name(w: &[$w], x: &[BlockQ8K], out: &mut [f32]) {
+            let nb = w.len();
+            let nt = out.len();
+            assert!(
+                (1..=$max).contains(&nt) && x.len() == nb * nt,
+                "kq tile: {} activation blocks for {nt} tokens x {nb} (max {} tokens)",
+                x.len(),
+                $max
+            );
+            // SAFETY: this function is only reachable through a table returned by
+            // `avx2()` / `avx512()`, which checked at run time that the CPU has every
+            // feature `$inner` is compiled with; lengths were checked just above.
+            unsafe { wrap_tile!(@dispatch $max, $inner, w, x, out, nt) }
+        }
+    };
+    (@dispatch 4, $inner:ident, $w:ident, $x:ident, $o:ident, $nt:ident) => {
+        match $nt {
+            1 => $inner::<1>($w, $x, $o),
+            2 => $inner::<2>($w, $x, $o),
+            3 => $inner::<3>($w, $x, $o),
+            _ => $inner::<4>($w, $x, $o),
+        }
+    };
+    (@dispatch 8, $inner:ident, $w:ident, $x:ident, $o:ident, $nt:ident) => {
+        match $nt {
+            1 => $inner::<1>($w, $x, $o),
+            2 => $inner::<2>($w, $x, $o),
+            3 => $inner::<3>($w, $x, $o),
+            4 => $inner::<4>($w, $x, $o),
+            5 => $inner::<5>($w, $x, $o),
+            6 => $inner::<6>($w, $x, $o),
+            7 => $inner::<7>($w, $x, $o),
+            _ => $inner::<8>($w, $x, $o),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+
+/// AVX2: 32 codes per step; per token `isum += madd(maddubs(codes, y), scale)`.
+/// Bounds: `maddubs` pairs |2 * 63 * 128| = 16128 < 2^15 (no saturation); `madd`
+/// pairs |2 * 16128 * 128| < 2^23; a super-block < 2^29.
+mod avx2_impl {
+    use super::*;
+
+    /// `madd(maddubs(u, y), s)`: unsigned codes `u` times activation codes `y`,
+    /// weighted by the i16 scales `s`, as 8 i32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot_scaled(u: __m256i, y: __m256i, s: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), s)
+    }
+
+    /// Shared by q4_K and q5_K: `$hbits` adds q5_K's fifth bits to (lo, hi) codes.
+    macro_rules! k4_tile {
+        ($inner:ident, $w:ty, |$b:ident, $lo:ident, $hi:ident, $h:ident| $init:expr, $add:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn $inner<const NT: usize>(w: &[$w], x: &[BlockQ8K], out: &mut [f32]) {
+                let nb = w.len();
+                let m4 = _mm256_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); NT];
+                for (i, $b) in w.iter().enumerate() {
+                    prefetch_block($b);
+                    let (sm, sc) = scales_mins(&$b.scales);
+                    let mins = mins_pairs(sm);
+                    let (dw, dmw) = (h2f($b.d), h2f($b.dmin));
+                    #[allow(unused_mut, unused_variables)]
+                    let mut $h = $init;
+                    let mut isum = [_mm256_setzero_si256(); NT];
+                    for j in 0..4 {
+                        let raw = load256(&$b.qs[32 * j..]);
+                        #[allow(unused_mut)]
+                        let mut $lo = _mm256_and_si256(raw, m4);
+                        #[allow(unused_mut)]
+                        let mut $hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
+                        $add;
+                        let s_lo = _mm256_set1_epi16(sc[2 * j] as i16);
+                        let s_hi = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+                        for t in 0..NT {
+                            let y = &x[t * nb + i];
+                            let p_lo = dot_scaled($lo, load256(&y.qs[64 * j..]), s_lo);
+                            let p_hi = dot_scaled($hi, load256(&y.qs[64 * j + 32..]), s_hi);
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p_lo, p_hi));
+                        }
+                    }
+                    for t in 0..NT {
+                        let y = &x[t * nb + i];
+                        // sum(bsums * mins): |16 * 4096 * 63| < 2^23.
+                        let m = _mm256_madd_epi16(load256(&y.bsums), mins);
+                        let d = _mm256_set1_ps(dw * y.d);
+                        let dm = _mm256_set1_ps(-(dmw * y.d));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), d, acc[t]);
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), dm, acc[t]);
+                    }
+                }
+                for t in 0..NT {
+                    out[t] = hsum(acc[t]);
+                }
+            }
+        };
+    }
+
+    k4_tile!(q4_k_t, BlockQ4K, |b, lo, hi, h| (), ());
+
+    // q5_K: bit 2j of qh[l] is the fifth bit of the j-th 64's low-nibble element l,
+    // bit 2j + 1 that of its high-nibble element; `h` is qh shifted right 2j.
+    k4_tile!(q5_k_t, BlockQ5K, |b, lo, hi, h| load256(&b.qh), {
+        let one = _mm256_set1_epi8(1);
+        let two = _mm256_set1_epi8(2);
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(_mm256_and_si256(h, one)));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16::<3>(_mm256_and_si256(h, two)));
+        // 16-bit shift: bits from the next byte land in bits 6-7, never read.
+        h = _mm256_srli_epi16::<2>(h);
+    });
+
+    /// pshufb controls putting scale 2p in bytes 0..8 and 2p + 1 in bytes 8..16.
+    const SCALE_PAIRS: [[i8; 16]; 8] = {
+        let mut t = [[0i8; 16]; 8];
+        let mut p = 0;
+        while p < 8 {
+            let mut k = 0;
+            while k < 16 {
+                t[p][k] = (2 * p + k / 8) as i8;
+                k += 1;
+            }
+            p += 1;
+        }
+        t
+    };
+
+    /// q6_K: per 128 elements, four vectors of 32 codes (6-bit, unsigned), each two
+    /// sub-blocks of 16 with their own scale; `- 32` via the bsums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q6_k_t<const NT: usize>(w: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+        let nb = w.len();
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for (i, b) in w.iter().enumerate() {
+            prefetch_block(b);
+            let sc8 = load128(&b.scales);
+            let sc16 = _mm256_cvtepi8_epi16(sc8);
+            let dw = h2f(b.d);
+            let mut isum = [_mm256_setzero_si256(); NT];
+            for h in 0..2 {
+                let ql0 = load256(&b.ql[64 * h..]);
+                let ql1 = load256(&b.ql[64 * h + 32..]);
+                let qh = load256(&b.qh[32 * h..]);
+                // 16-bit shifts; the 0x30 mask keeps bits that came from the same byte.
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                    ),
+                ];
+                for (k, &qk) in q.iter().enumerate() {
+                    let ctl = load128(&SCALE_PAIRS[4 * h + k]);
+                    let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, ctl));
+                    for t in 0..NT {
+                        let y = &x[t * nb + i];
+                        let p = dot_scaled(qk, load256(&y.qs[128 * h + 32 * k..]), s);
+                        isum[t] = _mm256_add_epi32(isum[t], p);
+                    }
+                }
+            }
+            for t in 0..NT {
+                let y = &x[t * nb + i];
+                // 32 * sum(bsums * scales): |32 * 16 * 2048 * 128| < 2^28.
+                let off = _mm256_madd_epi16(load256(&y.bsums), sc16);
+                let s = _mm256_sub_epi32(isum[t], _mm256_slli_epi32::<5>(off));
+                let d = _mm256_set1_ps(dw * y.d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[t]);
+            }
+        }
+        for t in 0..NT {
+            out[t] = hsum(acc[t]);
+        }
+    }
+
+    wrap_tile!(q4_k, q4_k_t, BlockQ4K, 4);
+    wrap_tile!(q5_k, q5_k_t, BlockQ5K, 4);
+    wrap_tile!(q6_k, q6_k_t, BlockQ6K, 4);
+}
+
+// ---------------------------------------------------------------------------
+
+/// AVX-512: 64 codes per step in element order; per token
+/// `isum = vpdpwssd(isum, vpdpbusd(0, codes, y), scale)`. A `vpdpbusd` lane (4 products)
+/// is at most 4 * 63 * 128 = 32256 in magnitude, so it is its own low i16 with a
+/// sign-extension high i16; the scale lane's high i16 is zero, so `vpdpwssd` adds
+/// exactly `lane * scale`.
+mod avx512_impl {
+    use super::*;
+
+    /// i32 lane indices: lanes 0..8 from `a`, 8..16 from `b` (q4_K's two sub-blocks of
+    /// 32 in 64 codes).
+    const fn idx2(a: i32, b: i32) -> [i32; 16] {
+        let mut t = [0; 16];
+        let mut l = 0;
+        while l < 16 {
+            t[l] = if l < 8 { a } else { b };
+            l += 1;
+        }
+        t
+    }
+
+    /// i32 lane indices: lane l from `4z + l / 4` (q6_K's four sub-blocks of 16 in 64 codes).
+    const fn idx4(z: i32) -> [i32; 16] {
+        let mut t = [0; 16];
+        let mut l = 0;
+        while l < 16 {
+            t[l] = 4 * z + (l / 4) as i32;
+            l += 1;
+        }
+        t
+    }
+
+    const IDX_K4: [[i32; 16]; 4] = [idx2(0, 1), idx2(2, 3), idx2(4, 5), idx2(6, 7)];
+    const IDX_K6: [[i32; 16]; 4] = [idx4(0), idx4(1), idx4(2), idx4(3)];
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn load512<T: Copy>(s: &[T]) -> __m512i {
+        assert!(std::mem::size_of_val(s) >= 64);
+        // SAFETY: s holds at least 64 readable bytes (checked); loadu has no alignment need.
+        unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
+    }
+
+    /// The scale lanes of the 4 code vectors: `v` permuted by each of `idx`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn spread(idx: &[[i32; 16]; 4], v: __m512i) -> [__m512i; 4] {
+        [
+            _mm512_permutexvar_epi32(load512(&idx[0]), v),
+            _mm512_permutexvar_epi32(load512(&idx[1]), v),
+            _mm512_permutexvar_epi32(load512(&idx[2]), v),
+            _mm512_permutexvar_epi32(load512(&idx[3]), v),
+        ]
+    }
+
+    /// Σ over 4 vectors of 64 codes: `vpdpwssd(vpdpbusd(0, w[z], y[z]), scale[z])`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn dot256(w: &[__m512i; 4], s: &[__m512i; 4], yq: &[i8; 256]) -> __m512i {
+        let z = _mm512_setzero_si512();
+        let mut acc = z;
+        for k in 0..4 {
+            let p = _mm512_dpbusd_epi32(z, w[k], load512(&yq[64 * k..]));
+            acc = _mm512_dpwssd_epi32(acc, p, s[k]);
+        }
+        acc
+    }
+
+    /// The 256 unsigned 4-bit codes of q4_K / q5_K in element order: 64 per vector.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn nibbles_k4(qs: &[u8; 128]) -> [__m512i; 4] {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let r0 = load512(&qs[..64]);
+        let r1 = load512(&qs[64..]);
+        let (lo0, hi0) = (
+            _mm512_and_si512(r0, m4),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(r0), m4),
+        );
+        let (lo1, hi1) = (
+            _mm512_and_si512(r1, m4),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(r1), m4),
+        );
+        // 32 bytes of qs hold 64 elements: low nibbles first, then high nibbles.
+        [
+            _mm512_shuffle_i64x2::<0x44>(lo0, hi0),
+            _mm512_shuffle_i64x2::<0xEE>(lo0, hi0),
+            _mm512_shuffle_i64x2::<0x44>(lo1, hi1),
+            _mm512_shuffle_i64x2::<0xEE>(lo1, hi1),
+        ]
+    }
+
+    macro_rules! k4_tile {
+        ($inner:ident, $w:ty, |$b:ident, $q:ident| $add:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            fn $inner<const NT: usize>(w: &[$w], x: &[BlockQ8K], out: &mut [f32]) {
+                let nb = w.len();
+                let mut acc = [_mm512_setzero_ps(); NT];
+                for (i, $b) in w.iter().enumerate() {
+                    prefetch_block($b);
+                    let (sm, _) = scales_mins(&$b.scales);
+                    let s = spread(&IDX_K4, _mm512_cvtepu8_epi32(sm));
+                    let mins = mins_pairs(sm);
+                    #[allow(unused_mut)]
+                    let mut $q = nibbles_k4(&$b.qs);
+                    $add;
+                    let (dw, dmw) = (h2f($b.d), h2f($b.dmin));
+                    for t in 0..NT {
+                        let y = &x[t * nb + i];
+                        let isum = dot256(&$q, &s, &y.qs);
+                        let m = _mm256_madd_epi16(load256(&y.bsums), mins);
+                        let d = _mm512_set1_ps(dw * y.d);
+                        let dm = _mm512_set1_ps(-(dmw * y.d));
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[t]);
+                        let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(m));
+                        acc[t] = _mm512_fmadd_ps(m, dm, acc[t]);
+                    }
+                }
+                for t in 0..NT {
+                    out[t] = _mm512_reduce_add_ps(acc[t]);
+                }
+            }
+        };
+    }
+
+    k4_tile!(q4_k_t, BlockQ4K, |b, q| ());
+
+    // q5_K: vector j holds elements 64j..64j+64; its low half takes bit 2j of qh[l],
+    // its high half bit 2j + 1. With hb = [qh | qh >> 1] both are bit 2j of hb,
+    // shifted to bit 4 (16-bit shifts; the 0x10 mask keeps bits from the same byte).
+    k4_tile!(q5_k_t, BlockQ5K, |b, q| {
+        let qh = load256(&b.qh);
+        let hb = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<1>(qh));
+        let m10 = _mm512_set1_epi8(0x10);
+        let bits = [
+            _mm512_slli_epi16::<4>(hb),
+            _mm512_slli_epi16::<2>(hb),
+            hb,
+            _mm512_srli_epi16::<2>(hb),
+        ];
+        for j in 0..4 {
+            q[j] = _mm512_or_si512(q[j], _mm512_and_si512(bits[j], m10));
+        }
+    });
+
+    /// q6_K: per 128 elements, `ql` low nibbles are elements 0..64 and high nibbles
+    /// 64..128, with two bits each of `qh` on top; `- 32` via the bsums.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn q6_k_t<const NT: usize>(w: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+        let nb = w.len();
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        for (i, b) in w.iter().enumerate() {
+            prefetch_block(b);
+            let sc8 = load128(&b.scales);
+            // Scales as i32 lanes with a zero high i16 (see the module note).
+            let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xFFFF));
+            let s = spread(&IDX_K6, sc32);
+            let sc16 = _mm256_cvtepi8_epi16(sc8);
+            let mut q = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                let ql = load512(&b.ql[64 * h..]);
+                let qh = load256(&b.qh[32 * h..]);
+                // hb = [qh | qh >> 2]: bits 0-1 / 4-5 of hb are the high bits of
+                // elements 0..64 / 64..128 (16-bit shifts; 0x30 keeps same-byte bits).
+                let hb =
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
+                q[2 * h] = _mm512_or_si512(
+                    _mm512_and_si512(ql, m4),
+                    _mm512_and_si512(_mm512_slli_epi16::<4>(hb), m30),
+                );
+                q[2 * h + 1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                    _mm512_and_si512(hb, m30),
+                );
+            }
+            let dw = h2f(b.d);
+            for t in 0..NT {
+                let y = &x[t * nb + i];
+                let isum = dot256(&q, &s, &y.qs);
+                // 32 * sum(bsums * scales): |32 * 16 * 2048 * 128| < 2^28.
+                let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load256(&y.bsums), sc16));
+                let isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(off));
+                let d = _mm512_set1_ps(dw * y.d);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[t]);
+            }
+        }
+        for t in 0..NT {
+            out[t] = _mm512_reduce_add_ps(acc[t]);
+        }
+    }
+
+    wrap_tile!(q4_k, q4_k_t, BlockQ4K, 8);
+    wrap_tile!(q5_k, q5_k_t, BlockQ5K, 8);
+    wrap_tile!(q6_k, q6_k_t, BlockQ6K, 8);
+}

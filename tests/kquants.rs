@@ -1,0 +1,454 @@
+//! K-quant kernels (q4_K, q5_K, q6_K against q8_K activations): every level this CPU
+//! has against the scalar twin, the scalar twin against an f64 dot of the reference
+//! dequantization (within the q8_K rounding bound of the true f32 activations), and
+//! the matmul (through `qwen::matmul`, so the wiring too) against a naive loop with 1
+//! and 2 threads.
+//!
+//! Run: `cargo test --release --test kquants` (a level missing on this CPU is skipped
+//! and named on stderr).
+
+use half::f16;
+use quant_formats::block::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+use quant_formats::reference::{dequantize, dequantize_row_q8_k, quantize_row_q8_k};
+use quant_formats::GgmlType;
+use qwen::kernels::kq::{self, KqKernels, KqScratch, KqTileFn};
+use qwen::kernels::kq_generic::{self, scales_mins_k4};
+use qwen::kernels::{self, Kernels};
+use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
+
+/// splitmix64: seeded, reproducible test data.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    /// A super-block scale: mostly ordinary, sometimes zero, subnormal or large.
+    fn scale(&mut self) -> f16 {
+        match self.next() % 16 {
+            0 => f16::ZERO,
+            1 => f16::from_f32(1000.0),
+            2 => f16::from_bits(1), // smallest subnormal
+            3 => f16::from_f32(6.1e-5),
+            _ => f16::from_f32(self.f() * 0.05),
+        }
+    }
+}
+
+/// The K types under test: block type, its tile in a table, its dtype.
+trait KBlock: bytemuck::Pod + Default + std::fmt::Debug {
+    const DTYPE: GgmlType;
+    fn tile(k: &KqKernels) -> KqTileFn<Self>;
+    /// Overwrite the f16 fields with finite values (random bytes are otherwise valid).
+    fn fix_scales(&mut self, rng: &mut Rng, unit: bool);
+    /// (codes minus offsets, as i32, in element order; the 16 weights of bsums[j])
+    /// with the super-block scales folded out: w_i = d * a_i - dmin * m_i.
+    fn parts(&self) -> ([i32; QK_K], [i32; QK_K], f32, f32);
+}
+
+impl KBlock for BlockQ4K {
+    const DTYPE: GgmlType = GgmlType::Q4K;
+    fn tile(k: &KqKernels) -> KqTileFn<Self> {
+        k.q4_k
+    }
+    fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
+        (self.d, self.dmin) = if unit {
+            (f16::ONE, f16::ONE)
+        } else {
+            (rng.scale(), rng.scale())
+        };
+    }
+    fn parts(&self) -> ([i32; QK_K], [i32; QK_K], f32, f32) {
+        let (sc, mn) = scales_mins_k4(&self.scales);
+        let a = std::array::from_fn(|i| {
+            let b = self.qs[32 * (i / 64) + i % 32];
+            let q = if i % 64 < 32 { b & 15 } else { b >> 4 };
+            q as i32 * sc[i / 32] as i32
+        });
+        let m = std::array::from_fn(|i| mn[i / 32] as i32);
+        (a, m, self.d.to_f32(), self.dmin.to_f32())
+    }
+}
+
+impl KBlock for BlockQ5K {
+    const DTYPE: GgmlType = GgmlType::Q5K;
+    fn tile(k: &KqKernels) -> KqTileFn<Self> {
+        k.q5_k
+    }
+    fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
+        (self.d, self.dmin) = if unit {
+            (f16::ONE, f16::ONE)
+        } else {
+            (rng.scale(), rng.scale())
+        };
+    }
+    fn parts(&self) -> ([i32; QK_K], [i32; QK_K], f32, f32) {
+        let (sc, mn) = scales_mins_k4(&self.scales);
+        let a = std::array::from_fn(|i| {
+            let b = self.qs[32 * (i / 64) + i % 32];
+            let q = if i % 64 < 32 { b & 15 } else { b >> 4 };
+            let h = (self.qh[i % 32] >> (i / 32)) & 1;
+            (q | h << 4) as i32 * sc[i / 32] as i32
+        });
+        let m = std::array::from_fn(|i| mn[i / 32] as i32);
+        (a, m, self.d.to_f32(), self.dmin.to_f32())
+    }
+}
+
+impl KBlock for BlockQ6K {
+    const DTYPE: GgmlType = GgmlType::Q6K;
+    fn tile(k: &KqKernels) -> KqTileFn<Self> {
+        k.q6_k
+    }
+    fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
+        self.d = if unit { f16::ONE } else { rng.scale() };
+    }
+    fn parts(&self) -> ([i32; QK_K], [i32; QK_K], f32, f32) {
+        let a = std::array::from_fn(|i| {
+            let (h, r) = (i / 128, i % 128);
+            let (quarter, l) = (r / 32, r % 32);
+            let ql = self.ql[64 * h + l + 32 * (quarter % 2)];
+            let lo = if quarter < 2 { ql & 15 } else { ql >> 4 };
+            let hi = (self.qh[32 * h + l] >> (2 * quarter)) & 3;
+            ((lo | hi << 4) as i32 - 32) * self.scales[i / 16] as i32
+        });
+        (a, [0; QK_K], self.d.to_f32(), 0.0)
+    }
+}
+
+fn random_blocks<B: KBlock>(rng: &mut Rng, n: usize, unit: bool) -> Vec<B> {
+    let mut w = vec![B::default(); n];
+    for b in bytemuck::cast_slice_mut::<B, u8>(&mut w) {
+        *b = rng.next() as u8;
+    }
+    for b in &mut w {
+        b.fix_scales(rng, unit);
+    }
+    w
+}
+
+/// Activations for `nb` super-blocks: random, with a zero block, huge and tiny blocks.
+fn acts(rng: &mut Rng, nb: usize) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..nb * QK_K).map(|_| rng.f() * 3.0).collect();
+    for (b, blk) in x.chunks_mut(QK_K).enumerate() {
+        match b % 5 {
+            1 => blk.fill(0.0),
+            2 => blk.iter_mut().for_each(|v| *v *= 1e4),
+            3 => blk.iter_mut().for_each(|v| *v *= 1e-6),
+            _ => {}
+        }
+    }
+    x
+}
+
+fn q8k(x: &[f32]) -> Vec<BlockQ8K> {
+    let mut y = vec![BlockQ8K::default(); x.len() / QK_K];
+    quantize_row_q8_k(x, &mut y);
+    y
+}
+
+fn levels() -> Vec<&'static Kernels> {
+    for l in kernels::LEVELS {
+        if kernels::table(l).is_none() {
+            eprintln!("kernel level {l}: not available on this CPU/build, skipped");
+        }
+    }
+    kernels::available()
+        .into_iter()
+        .filter_map(kernels::table)
+        .collect()
+}
+
+/// (exact f64 dot of the integer decomposition, sum of |terms|): the magnitude bounds
+/// what float summation order can change.
+fn exact_dot<B: KBlock>(w: &[B], x: &[BlockQ8K]) -> (f64, f64) {
+    let (mut sum, mut mag) = (0.0f64, 0.0f64);
+    for (b, y) in w.iter().zip(x) {
+        let (a, m, d, dmin) = b.parts();
+        let dy = y.d as f64;
+        let (mut s, mut sm) = (0i64, 0i64);
+        let (mut abs, mut abs_m) = (0i64, 0i64);
+        for i in 0..QK_K {
+            s += a[i] as i64 * y.qs[i] as i64;
+            abs += (a[i] as i64 * y.qs[i] as i64).abs();
+        }
+        for j in 0..16 {
+            sm += m[16 * j] as i64 * y.bsums[j] as i64;
+            abs_m += (m[16 * j] as i64 * y.bsums[j] as i64).abs();
+        }
+        sum += d as f64 * dy * s as f64 - dmin as f64 * dy * sm as f64;
+        mag += (d as f64 * dy).abs() * abs as f64 + (dmin as f64 * dy).abs() * abs_m as f64;
+    }
+    (sum, mag)
+}
+
+fn dot_case<B: KBlock>(seed: u64) {
+    let scalar = &kq_generic::SCALAR;
+    let name = B::DTYPE.name();
+    let mut rng = Rng(seed);
+    for nb in [1usize, 2, 3, 5, 8] {
+        let w: Vec<B> = random_blocks(&mut rng, nb, false);
+        let x = acts(&mut rng, nb);
+        let xq = q8k(&x);
+        let (exact, mag) = exact_dot(&w, &xq);
+        let got = dot(scalar, &w, &xq);
+        let tol = 1e-5 * mag + 1e-30;
+        assert!(
+            (got as f64 - exact).abs() <= tol,
+            "{name} scalar nb={nb}: {got} vs exact {exact} (tol {tol:e})"
+        );
+        // The scalar twin against the f32 dot of the reference dequantization, and
+        // that within q8_K's rounding of the true activations.
+        let bytes: &[u8] = bytemuck::cast_slice(&w);
+        let mut wf = vec![0f32; nb * QK_K];
+        dequantize(B::DTYPE, bytes, &mut wf).unwrap();
+        let mut xd = vec![0f32; nb * QK_K];
+        dequantize_row_q8_k(&xq, &mut xd);
+        let deq: f64 = wf.iter().zip(&xd).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let deq_mag: f64 = wf
+            .iter()
+            .zip(&xd)
+            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+            .sum();
+        // The reference dequantizer rounds d * sc and dmin * m to f32 first.
+        let tol_deq = 1e-5 * (mag + deq_mag) + 1e-30;
+        assert!(
+            (got as f64 - deq).abs() <= tol_deq,
+            "{name} scalar nb={nb}: {got} vs dequantized {deq} (tol {tol_deq:e})"
+        );
+        let truth: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+        // q8_K: |x - d * q| <= |d| / 2 per value, d = amax / 127.
+        let round: f64 = wf
+            .chunks(QK_K)
+            .zip(&xq)
+            .map(|(wb, y)| {
+                wb.iter().map(|&v| v.abs() as f64).sum::<f64>() * (y.d.abs() as f64) / 2.0
+            })
+            .sum();
+        assert!(
+            (got as f64 - truth).abs() <= round + tol_deq,
+            "{name} scalar nb={nb}: {got} vs f32 dot {truth}, q8_K rounding bound {round:e}"
+        );
+        // Every level and tile width against the scalar twin.
+        for k in levels() {
+            let kq = kq::table(k.name);
+            for nt in 1..=kq.tile_tokens {
+                let xs: Vec<BlockQ8K> = (0..nt).flat_map(|_| xq.iter().copied()).collect();
+                let mut out = vec![f32::NAN; nt];
+                B::tile(kq)(&w, &xs, &mut out);
+                for (t, &o) in out.iter().enumerate() {
+                    assert!(
+                        (o as f64 - got as f64).abs() <= tol,
+                        "{name} {} nb={nb} nt={nt} t={t}: {o} vs scalar {got} (tol {tol:e})",
+                        kq.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Unit scales and small activation codes keep every float step exact (all partial
+/// sums are integers below 2^24): every level must then equal the integer dot exactly.
+fn exact_case<B: KBlock>(seed: u64) {
+    let name = B::DTYPE.name();
+    let mut rng = Rng(seed);
+    for nb in [1usize, 3, 4] {
+        let w: Vec<B> = random_blocks(&mut rng, nb, true);
+        let xq: Vec<BlockQ8K> = (0..nb)
+            .map(|_| {
+                let mut y = BlockQ8K {
+                    d: 1.0,
+                    ..Default::default()
+                };
+                for q in &mut y.qs {
+                    *q = (rng.next() % 7) as i8 - 3;
+                }
+                for (j, s) in y.bsums.iter_mut().enumerate() {
+                    *s = y.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+                }
+                y
+            })
+            .collect();
+        let (exact, _) = exact_dot(&w, &xq);
+        for k in levels() {
+            let kq = kq::table(k.name);
+            let mut out = [f32::NAN];
+            B::tile(kq)(&w, &xq, &mut out);
+            assert_eq!(
+                out[0] as f64, exact,
+                "{name} {} nb={nb}: not exact",
+                kq.name
+            );
+        }
+    }
+}
+
+/// One dot product through a table's tile.
+fn dot<B: KBlock>(k: &KqKernels, w: &[B], x: &[BlockQ8K]) -> f32 {
+    let mut out = [0.0f32];
+    B::tile(k)(w, x, &mut out);
+    out[0]
+}
+
+#[test]
+fn dot_q4_k() {
+    dot_case::<BlockQ4K>(41);
+    exact_case::<BlockQ4K>(42);
+}
+
+#[test]
+fn dot_q5_k() {
+    dot_case::<BlockQ5K>(51);
+    exact_case::<BlockQ5K>(52);
+}
+
+#[test]
+fn dot_q6_k() {
+    dot_case::<BlockQ6K>(61);
+    exact_case::<BlockQ6K>(62);
+}
+
+/// The scalar twin is ggml's generic code: a hand-made q6_K block with every code 33
+/// (q - 32 = 1), scale 2, d = 0.5 against activations of d = 0.25, codes 4:
+/// 256 * (1 * 2 * 4) * 0.5 * 0.25 = 256.
+#[test]
+fn hand_computed_q6_k() {
+    let mut b = BlockQ6K::default();
+    // Low nibble 1, high bits 2 (0b10 << 4 = 32): 33 everywhere.
+    b.ql = [0x11; 128];
+    b.qh = [0b1010_1010; 64];
+    b.scales = [2; 16];
+    b.d = f16::from_f32(0.5);
+    let mut y = BlockQ8K {
+        d: 0.25,
+        ..Default::default()
+    };
+    y.qs = [4; 256];
+    y.bsums = [64; 16];
+    for k in levels() {
+        assert_eq!(kq::table(k.name).dot_q6_k(&[b], &[y]), 256.0, "{}", k.name);
+    }
+}
+
+fn random_k_matrix(rng: &mut Rng, dtype: GgmlType, rows: usize, nb: usize) -> Vec<u16> {
+    let bytes: Vec<u8> = match dtype {
+        GgmlType::Q4K => {
+            bytemuck::cast_slice(&random_blocks::<BlockQ4K>(rng, rows * nb, false)).to_vec()
+        }
+        GgmlType::Q5K => {
+            bytemuck::cast_slice(&random_blocks::<BlockQ5K>(rng, rows * nb, false)).to_vec()
+        }
+        _ => bytemuck::cast_slice(&random_blocks::<BlockQ6K>(rng, rows * nb, false)).to_vec(),
+    };
+    // 2-aligned storage, as QMatrix needs for the f16 fields.
+    bytes
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+#[test]
+fn matmul_matches_naive_loop() {
+    let mut rng = Rng(7);
+    for dtype in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+        // Over the parallel threshold with ragged chunks, and tiny.
+        for (rows, cols) in [(203, 512), (5, 256), (64, 1024)] {
+            let nb = cols / QK_K;
+            let data = random_k_matrix(&mut rng, dtype, rows, nb);
+            let bytes: &[u8] = bytemuck::cast_slice(&data);
+            let w = QMatrix::new("test", dtype, rows, cols, bytes).unwrap();
+            let mut wf = vec![0f32; rows * cols];
+            dequantize(dtype, bytes, &mut wf).unwrap();
+            for n_tok in [1usize, 2, 3, 8, 9, 17] {
+                let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+                // Naive: dequantized weights times dequantized q8_K activations, in f64.
+                let mut want = vec![(0.0f64, 0.0f64); n_tok * rows];
+                for t in 0..n_tok {
+                    let mut xd = vec![0f32; cols];
+                    dequantize_row_q8_k(&q8k(&x[t * cols..(t + 1) * cols]), &mut xd);
+                    for r in 0..rows {
+                        let wr = &wf[r * cols..(r + 1) * cols];
+                        want[t * rows + r] =
+                            wr.iter().zip(&xd).fold((0.0, 0.0), |(s, m), (&a, &b)| {
+                                (s + a as f64 * b as f64, m + (a as f64 * b as f64).abs())
+                            });
+                    }
+                }
+                for threads in [1usize, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    for k in levels() {
+                        // max_tokens 5 < 8, 9, 17: activations are quantized in rounds.
+                        let mut scratch = MatmulScratch::new(5, cols);
+                        let mut y = vec![f32::NAN; n_tok * rows];
+                        pool.install(|| matmul_with(k, &w, &x, &mut y, n_tok, &mut scratch));
+                        for (i, (&g, &(e, mag))) in y.iter().zip(&want).enumerate() {
+                            let tol = 2e-5 * mag + 1e-30;
+                            assert!(
+                                (g as f64 - e).abs() <= tol,
+                                "{dtype} {} {rows}x{cols} n_tok={n_tok} threads={threads}: y[{i}] = {g}, naive {e}",
+                                k.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The direct entry (`kq::matmul_with`) equals the one through `qwen::matmul`, and a
+/// non-finite activation gives NaN outputs instead of a rounded code.
+#[test]
+fn kq_entry_and_non_finite() {
+    let mut rng = Rng(9);
+    let (rows, cols, n_tok) = (37, 768, 3);
+    let data = random_k_matrix(&mut rng, GgmlType::Q5K, rows, cols / QK_K);
+    let bytes: &[u8] = bytemuck::cast_slice(&data);
+    let w = QMatrix::new("t", GgmlType::Q5K, rows, cols, bytes).unwrap();
+    let mut x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+    for k in levels() {
+        let mut a = vec![0f32; n_tok * rows];
+        let mut b = vec![0f32; n_tok * rows];
+        matmul_with(k, &w, &x, &mut a, n_tok, &mut MatmulScratch::new(4, cols));
+        let kq = kq::table(k.name);
+        kq::matmul_with(
+            kq,
+            &w,
+            &x,
+            &mut b,
+            n_tok,
+            &mut KqScratch::new(2, cols),
+            true,
+        );
+        assert_eq!(a, b, "{}", k.name);
+    }
+    x[cols + 5] = f32::INFINITY;
+    let mut y = vec![0f32; n_tok * rows];
+    kq::matmul(&w, &x, &mut y, n_tok, &mut KqScratch::new(4, cols));
+    assert!(y.iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn qmatrix_k_shapes() {
+    let data = vec![0u16; 144 * 3 / 2];
+    let bytes: &[u8] = bytemuck::cast_slice(&data);
+    assert!(QMatrix::new("a", GgmlType::Q4K, 3, 256, bytes).is_ok());
+    let e = QMatrix::new("blk.0.ffn_down", GgmlType::Q4K, 1, 300, bytes).unwrap_err();
+    assert!(
+        e.contains("blk.0.ffn_down") && e.contains("300") && e.contains("256"),
+        "{e}"
+    );
+    let e = QMatrix::new("a", GgmlType::Q6K, 2, 256, bytes).unwrap_err();
+    assert!(e.contains("420") && e.contains("432"), "{e}");
+}
