@@ -132,7 +132,7 @@ pub fn convert(
             bail!("checkpoint: tensor {:?} is missing", spec.hf);
         };
         let row_len = spec.shape.last().copied().unwrap_or(1);
-        let wanted = opts.policy.wanted(&spec);
+        let wanted = opts.policy.wanted(&spec, hp.n_layer);
         let dtype = plan::choose(wanted, row_len, || max_abs(&ck, src, cancel))?;
         let n = spec.n_elements() as u64;
         let Some(n_bytes) = dtype.row_bytes(n).and_then(|b| usize::try_from(b).ok()) else {

@@ -15,10 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const AFTER_HELP: &str = "\
-Types: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (ggml block layouts, ggml's reference rounding).
-1-D tensors (norms, biases) are always f32. For 4/5-bit types the output matrix (token_embd when the
-embeddings are tied) is q8_0 unless --output-type says otherwise. A row length that is not a multiple
-of 32 falls back to f16 (f32 if a value exceeds f16's range).
+Types: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K (ggml block layouts, ggml's
+reference rounding; any case). 1-D tensors (norms, biases) are always f32. For 4/5-bit types the output
+matrix (token_embd when the embeddings are tied) is q8_0 unless --output-type says otherwise.
+K types are llama.cpp's mixes: q4_K = Q4_K_M (also accepted: q4_K_M), q5_K = Q5_K_M (q5_K_M), q6_K =
+Q6_K: output q6_K (q8_0 if its rows are not whole 256-blocks), and for q4_K/q5_K attn_v / attn_qkv /
+ffn_down q6_K in llama.cpp's `use_more_bits` layers. A row that is not whole 256-blocks falls back as
+llama.cpp does (q4_K -> q5_0, q5_K -> q5_1, q6_K -> q8_0). A row length that is not a multiple of 32
+falls back to f16 (f32 if a value exceeds f16's range).
 
 Input: config.json (QWenLMHeadModel, Qwen2ForCausalLM or Qwen3ForCausalLM), model.safetensors or
 model.safetensors.index.json + shards (F32/F16/BF16), tokenizer.json + tokenizer_config.json
@@ -43,7 +47,7 @@ struct Cli {
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
 
-    /// Weight type of the 2-D tensors: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1
+    /// Weight type of the 2-D tensors: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K(_M), q5_K(_M), q6_K
     #[arg(short = 't', long = "type", value_name = "TYPE", default_value = "q4_0", value_parser = type_arg)]
     ty: GgmlType,
 
