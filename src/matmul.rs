@@ -36,6 +36,8 @@ pub const SUPPORTED: &[GgmlType] = &[
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
@@ -187,7 +189,7 @@ pub fn matmul_with(
         GgmlType::Q5_0 => plan.run_q(k.q5_0, k.quantize, cast(w), x, y, n_tok, scratch),
         GgmlType::Q4_1 => plan.run_q(k.q4_1, k.quantize, cast(w), x, y, n_tok, scratch),
         GgmlType::Q5_1 => plan.run_q(k.q5_1, k.quantize, cast(w), x, y, n_tok, scratch),
-        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
             let kq = kernels::kq::table(k.name);
             kernels::kq::matmul_with(kq, w, x, y, n_tok, &mut scratch.kq, plan.parallel)
         }

@@ -137,10 +137,10 @@ fn unknown_architecture() {
 #[test]
 fn unsupported_tensor_type() {
     let mut t = Tiny::new("qwen2");
-    t.n_ff = 256; // q6_K needs rows of 256
-    t.dtype_override = vec![("blk.0.ffn_down.weight".into(), GgmlType::Q6K)];
-    let p = t.write(&dir(), "q6k");
-    assert_error(&run_ids(&p, &[]), &["blk.0.ffn_down.weight", "q6_K"]);
+    t.n_ff = 256; // iq4_xs needs rows of 256
+    t.dtype_override = vec![("blk.0.ffn_down.weight".into(), GgmlType::Iq4Xs)];
+    let p = t.write(&dir(), "iq4xs");
+    assert_error(&run_ids(&p, &[]), &["blk.0.ffn_down.weight", "iq4_xs"]);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! K-quant kernels (q4_K, q5_K, q6_K against q8_K activations): every level this CPU
+//! K-quant kernels (q2_K … q6_K against q8_K activations): every level this CPU
 //! has against the scalar twin, the scalar twin against an f64 dot of the reference
 //! dequantization (within the q8_K rounding bound of the true f32 activations), and
 //! the matmul (through `qwen::matmul`, so the wiring too) against a naive loop with 1
@@ -8,11 +8,11 @@
 //! and named on stderr).
 
 use half::f16;
-use quant_formats::block::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 use quant_formats::reference::{dequantize, dequantize_row_q8_k, quantize_row_q8_k};
 use quant_formats::GgmlType;
 use qwen::kernels::kq::{self, KqKernels, KqScratch, KqTileFn};
-use qwen::kernels::kq_generic::{self, scales_mins_k4};
+use qwen::kernels::kq_generic::{self, scales_mins_k4, scales_q3_k};
 use qwen::kernels::{self, Kernels};
 use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
 
@@ -51,6 +51,47 @@ trait KBlock: bytemuck::Pod + Default + std::fmt::Debug {
     /// (codes minus offsets, as i32, in element order; the 16 weights of bsums[j])
     /// with the super-block scales folded out: w_i = d * a_i - dmin * m_i.
     fn parts(&self) -> ([i32; QK_K], [i32; QK_K], f32, f32);
+}
+
+impl KBlock for BlockQ2K {
+    const DTYPE: GgmlType = GgmlType::Q2K;
+    fn tile(k: &KqKernels) -> KqTileFn<Self> {
+        k.q2_k
+    }
+    fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
+        (self.d, self.dmin) = if unit {
+            (f16::ONE, f16::ONE)
+        } else {
+            (rng.scale(), rng.scale())
+        };
+    }
+    fn parts(&self) -> ([i32; QK_K], [i32; QK_K], f32, f32) {
+        let a = std::array::from_fn(|i| {
+            let q = (self.qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3;
+            q as i32 * (self.scales[i / 16] & 15) as i32
+        });
+        let m = std::array::from_fn(|i| (self.scales[i / 16] >> 4) as i32);
+        (a, m, self.d.to_f32(), self.dmin.to_f32())
+    }
+}
+
+impl KBlock for BlockQ3K {
+    const DTYPE: GgmlType = GgmlType::Q3K;
+    fn tile(k: &KqKernels) -> KqTileFn<Self> {
+        k.q3_k
+    }
+    fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
+        self.d = if unit { f16::ONE } else { rng.scale() };
+    }
+    fn parts(&self) -> ([i32; QK_K], [i32; QK_K], f32, f32) {
+        let sc = scales_q3_k(&self.scales);
+        let a = std::array::from_fn(|i| {
+            let q = (self.qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3;
+            let h = (self.hmask[i % 32] >> (i / 32)) & 1;
+            (q as i32 - if h == 1 { 0 } else { 4 }) * sc[i / 16] as i32
+        });
+        (a, [0; QK_K], self.d.to_f32(), 0.0)
+    }
 }
 
 impl KBlock for BlockQ4K {
@@ -299,6 +340,18 @@ fn dot<B: KBlock>(k: &KqKernels, w: &[B], x: &[BlockQ8K]) -> f32 {
 }
 
 #[test]
+fn dot_q2_k() {
+    dot_case::<BlockQ2K>(21);
+    exact_case::<BlockQ2K>(22);
+}
+
+#[test]
+fn dot_q3_k() {
+    dot_case::<BlockQ3K>(31);
+    exact_case::<BlockQ3K>(32);
+}
+
+#[test]
 fn dot_q4_k() {
     dot_case::<BlockQ4K>(41);
     exact_case::<BlockQ4K>(42);
@@ -340,6 +393,12 @@ fn hand_computed_q6_k() {
 
 fn random_k_matrix(rng: &mut Rng, dtype: GgmlType, rows: usize, nb: usize) -> Vec<u16> {
     let bytes: Vec<u8> = match dtype {
+        GgmlType::Q2K => {
+            bytemuck::cast_slice(&random_blocks::<BlockQ2K>(rng, rows * nb, false)).to_vec()
+        }
+        GgmlType::Q3K => {
+            bytemuck::cast_slice(&random_blocks::<BlockQ3K>(rng, rows * nb, false)).to_vec()
+        }
         GgmlType::Q4K => {
             bytemuck::cast_slice(&random_blocks::<BlockQ4K>(rng, rows * nb, false)).to_vec()
         }
@@ -358,7 +417,13 @@ fn random_k_matrix(rng: &mut Rng, dtype: GgmlType, rows: usize, nb: usize) -> Ve
 #[test]
 fn matmul_matches_naive_loop() {
     let mut rng = Rng(7);
-    for dtype in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+    for dtype in [
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ] {
         // Over the parallel threshold with ragged chunks, and tiny.
         for (rows, cols) in [(203, 512), (5, 256), (64, 1024)] {
             let nb = cols / QK_K;

@@ -415,8 +415,8 @@ fn help_lists_everything() {
 
 #[test]
 fn bad_type_is_one_line_error() {
-    let o = run(&["-i", ".", "-o", "x.qbin", "-t", "q6_K"]);
-    assert_one_line_error(&o, &["q6_K"]);
+    let o = run(&["-i", ".", "-o", "x.qbin", "-t", "q2_K"]);
+    assert_one_line_error(&o, &["q2_K"]);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! K-quant weights (q4_K, q5_K, q6_K): `y = x · Wᵀ` against activations quantized to
+//! K-quant weights (q2_K, q3_K, q4_K, q5_K, q6_K): `y = x · Wᵀ` against activations quantized to
 //! ggml's q8_K (256-value blocks, f32 scale, i16 sums of each 16 codes), as ggml does.
 //!
 //! - `kq_generic.rs`: the scalar twin, ggml's `ggml_vec_dot_q4_K_q8_K_generic` etc.
@@ -17,7 +17,7 @@
 
 use crate::kernels::for_each_row_chunk;
 use crate::matmul::QMatrix;
-use quant_formats::block::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 use quant_formats::reference::quantize_row_q8_k;
 use quant_formats::GgmlType;
 use rayon::prelude::*;
@@ -26,7 +26,13 @@ use rayon::prelude::*;
 pub const MAX_KQ_TILE_TOKENS: usize = 8;
 
 /// The weight types this module multiplies.
-pub const KQ_TYPES: &[GgmlType] = &[GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+pub const KQ_TYPES: &[GgmlType] = &[
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
 
 /// A K tile: one weight row against `out.len()` tokens of activations.
 ///
@@ -42,6 +48,8 @@ pub struct KqKernels {
     pub name: &'static str,
     /// Most tokens one tile call handles (<= [`MAX_KQ_TILE_TOKENS`]).
     pub tile_tokens: usize,
+    pub q2_k: KqTileFn<BlockQ2K>,
+    pub q3_k: KqTileFn<BlockQ3K>,
     pub q4_k: KqTileFn<BlockQ4K>,
     pub q5_k: KqTileFn<BlockQ5K>,
     pub q6_k: KqTileFn<BlockQ6K>,
@@ -70,6 +78,12 @@ pub fn active() -> &'static KqKernels {
 
 impl KqKernels {
     /// Single dot products through the tile kernels (tests, one-token callers).
+    pub fn dot_q2_k(&self, w: &[BlockQ2K], x: &[BlockQ8K]) -> f32 {
+        dot1(self.q2_k, w, x)
+    }
+    pub fn dot_q3_k(&self, w: &[BlockQ3K], x: &[BlockQ8K]) -> f32 {
+        dot1(self.q3_k, w, x)
+    }
     pub fn dot_q4_k(&self, w: &[BlockQ4K], x: &[BlockQ8K]) -> f32 {
         dot1(self.q4_k, w, x)
     }
@@ -189,6 +203,8 @@ pub fn matmul_with(
         let yt = &mut y[t0 * rows..(t0 + nt) * rows];
         let tile_t = k.tile_tokens.clamp(1, MAX_KQ_TILE_TOKENS);
         match w.dtype {
+            GgmlType::Q2K => run(k.q2_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
+            GgmlType::Q3K => run(k.q3_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
             GgmlType::Q4K => run(k.q4_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
             GgmlType::Q5K => run(k.q5_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
             GgmlType::Q6K => run(k.q6_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),

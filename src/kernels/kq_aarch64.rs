@@ -3,8 +3,9 @@
 //! A weight super-block is unpacked once into 16 registers of 16 codes (element
 //! order, unsigned, so they are valid i8); per token each register is `sdot`ted with
 //! its 16 activation codes and multiplied by its sub-block scale into an i32x4
-//! (`mla` by scalar). Offsets go through the activations' `bsums`: q4_K / q5_K
-//! subtract `dmin * sum(bsums * min)`, q6_K's `- 32` is `- 32 * sum(bsums * scale)`.
+//! (`mla` by scalar). Offsets go through the activations' `bsums`: q2_K / q4_K / q5_K
+//! subtract `dmin * sum(bsums * min)`, q6_K's `- 32` is `- 32 * sum(bsums * scale)`,
+//! q3_K's `- 4` likewise.
 //! Integer sums are exact (|lane| < 2^29), so each super-block contributes the same
 //! integers as the scalar twin; only the f32 order differs.
 //!
@@ -13,11 +14,11 @@
 //! wherever this level runs (e.g. under qemu-aarch64).
 
 use super::kq::KqKernels;
-use super::kq_generic::scales_mins_k4;
+use super::kq_generic::{scales_mins_k4, scales_q3_k};
 use core::arch::aarch64::*;
 use core::arch::asm;
 use half::f16;
-use quant_formats::block::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// The NEON K table, if this CPU has NEON, the dot-product extension and fp16 conversions.
 pub(super) fn neon() -> Option<&'static KqKernels> {
@@ -30,6 +31,8 @@ pub(super) fn neon() -> Option<&'static KqKernels> {
 static NEON: KqKernels = KqKernels {
     name: "neon",
     tile_tokens: 4,
+    q2_k,
+    q3_k,
     q4_k,
     q5_k,
     q6_k,
@@ -225,6 +228,86 @@ fn q6_k_t<const NT: usize>(w: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
     out.copy_from_slice(&sumf);
 }
 
+/// The 256 two-bit codes of q2_K / q3_K's `qs` in element order: per 128 elements, 32
+/// bytes whose bits 2j..2j+2 are elements 32j..32j+32.
+#[target_feature(enable = "neon")]
+#[inline]
+fn codes_k2(qs: &[u8; 64]) -> [uint8x16_t; 16] {
+    let m3 = vdupq_n_u8(3);
+    let mut q = [vdupq_n_u8(0); 16];
+    for k in 0..2 {
+        for half in 0..2 {
+            let v = ld_u8(&qs[32 * k + 16 * half..]);
+            q[8 * k + half] = vandq_u8(v, m3);
+            q[8 * k + 2 + half] = vandq_u8(vshrq_n_u8::<2>(v), m3);
+            q[8 * k + 4 + half] = vandq_u8(vshrq_n_u8::<4>(v), m3);
+            q[8 * k + 6 + half] = vshrq_n_u8::<6>(v);
+        }
+    }
+    q
+}
+
+/// Per token: `sum_k sc[k] * dot(codes k, y[16k..16k + 16])`, sub-blocks of 16.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+fn isum_16(q: &[uint8x16_t; 16], sc: &[i32; 16], y: &[i8; 256]) -> i32 {
+    let z = vdupq_n_s32(0);
+    let mut isum = z;
+    for k in 0..16 {
+        let p = sdot(z, vreinterpretq_s8_u8(q[k]), ld_s8(&y[16 * k..]));
+        isum = vmlaq_n_s32(isum, p, sc[k]);
+    }
+    vaddvq_s32(isum)
+}
+
+#[target_feature(enable = "neon,dotprod,fp16")]
+fn q2_k_t<const NT: usize>(w: &[BlockQ2K], x: &[BlockQ8K], out: &mut [f32]) {
+    let nb = w.len();
+    let mut sumf = [0.0f32; NT];
+    for (i, b) in w.iter().enumerate() {
+        let q = codes_k2(&b.qs);
+        let sc: [i32; 16] = std::array::from_fn(|k| (b.scales[k] & 0x0F) as i32);
+        let m: [i16; 16] = std::array::from_fn(|k| (b.scales[k] >> 4) as i16);
+        let mins = [ld_s16(&m[..8]), ld_s16(&m[8..])];
+        let (dw, dmw) = (h2f(b.d), h2f(b.dmin));
+        for t in 0..NT {
+            let y = &x[t * nb + i];
+            let isum = isum_16(&q, &sc, &y.qs);
+            let msum = dot_bsums(&y.bsums, mins);
+            sumf[t] += (dw * y.d) * isum as f32 - (dmw * y.d) * msum as f32;
+        }
+    }
+    out.copy_from_slice(&sumf);
+}
+
+#[target_feature(enable = "neon,dotprod,fp16")]
+fn q3_k_t<const NT: usize>(w: &[BlockQ3K], x: &[BlockQ8K], out: &mut [f32]) {
+    let nb = w.len();
+    let mut sumf = [0.0f32; NT];
+    for (i, b) in w.iter().enumerate() {
+        let mut q = codes_k2(&b.qs);
+        // Third bit: bit i / 32 of hmask[i % 32] (register k holds elements 16k..16k+16).
+        let h = [ld_u8(&b.hmask[..16]), ld_u8(&b.hmask[16..])];
+        let four = vdupq_n_u8(4);
+        for k in 0..16 {
+            let bit = vdupq_n_u8(1 << (k / 2));
+            q[k] = vorrq_u8(q[k], vandq_u8(vtstq_u8(h[k % 2], bit), four));
+        }
+        let sc8 = scales_q3_k(&b.scales);
+        let sc: [i32; 16] = std::array::from_fn(|k| sc8[k] as i32);
+        let s16 = ld_s8(&sc8);
+        let sc16 = [vmovl_s8(vget_low_s8(s16)), vmovl_high_s8(s16)];
+        let dw = h2f(b.d);
+        for t in 0..NT {
+            let y = &x[t * nb + i];
+            let isum = isum_16(&q, &sc, &y.qs);
+            let off = dot_bsums(&y.bsums, sc16);
+            sumf[t] += (dw * y.d) * (isum - 4 * off) as f32;
+        }
+    }
+    out.copy_from_slice(&sumf);
+}
+
 /// Safe entry point over the `#[target_feature]` tile `$inner::<NT>`, NT in 1..=4.
 macro_rules! wrap_tile {
     ($name:ident, $inner:ident, $w:ty) => {
@@ -250,6 +333,8 @@ macro_rules! wrap_tile {
     };
 }
 
+wrap_tile!(q2_k, q2_k_t, BlockQ2K);
+wrap_tile!(q3_k, q3_k_t, BlockQ3K);
 wrap_tile!(q4_k, q4_k_t, BlockQ4K);
 wrap_tile!(q5_k, q5_k_t, BlockQ5K);
 wrap_tile!(q6_k, q6_k_t, BlockQ6K);

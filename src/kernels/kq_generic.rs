@@ -1,19 +1,23 @@
 //! Scalar K-quant dot products against q8_K activations: the spec the SIMD levels are
 //! tested against. A port of ggml's `ggml_vec_dot_q4_K_q8_K_generic`,
-//! `ggml_vec_dot_q5_K_q8_K_generic` and `ggml_vec_dot_q6_K_q8_K_generic`
-//! (`ggml/src/ggml-cpu/quants.c`): the codes of a super-block are unpacked to i8,
-//! multiplied with the activation codes in 8 integer lanes (element `i % 8`) weighted
-//! by the sub-block scale, and each lane is added to its own f32 sum as `d_w * d_x *
-//! lane`; q4_K / q5_K subtract `dmin_w * d_x * sum(bsums * mins)` per super-block. The
-//! result is the value ggml's generic build computes, in the same float order.
+//! `ggml_vec_dot_q5_K_q8_K_generic`, `ggml_vec_dot_q6_K_q8_K_generic` and
+//! `ggml_vec_dot_q3_K_q8_K_generic` (`ggml/src/ggml-cpu/quants.c`): the codes of a
+//! super-block are unpacked to i8, multiplied with the activation codes in 8 integer
+//! lanes (element `i % 8`) weighted by the sub-block scale, and each lane is added to
+//! its own f32 sum as `d_w * d_x * lane`; q4_K / q5_K subtract `dmin_w * d_x *
+//! sum(bsums * mins)` per super-block. q2_K follows `ggml_vec_dot_q2_K_q8_K_generic`
+//! (one integer sum per super-block, `d * isum - dmin * summs`). The result is the
+//! value ggml's generic build computes, in the same float order.
 
 use super::kq::{KqKernels, MAX_KQ_TILE_TOKENS};
-use quant_formats::block::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 
 /// The scalar K table.
 pub static SCALAR: KqKernels = KqKernels {
     name: "scalar",
     tile_tokens: 4,
+    q2_k: tile_q2_k,
+    q3_k: tile_q3_k,
     q4_k: tile_q4_k,
     q5_k: tile_q5_k,
     q6_k: tile_q6_k,
@@ -187,6 +191,81 @@ pub fn vec_dot_q6_k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
     sumf
 }
 
+/// q2_K · q8_K (`ggml_vec_dot_q2_K_q8_K_generic`): 2-bit codes, per 16 values a 4-bit
+/// scale (low nibble of `scales[j]`) and a 4-bit min (high nibble).
+pub fn vec_dot_q2_k(w: &[BlockQ2K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(
+        w.len(),
+        x.len(),
+        "vec_dot_q2_k: {} weight blocks, {} activation blocks",
+        w.len(),
+        x.len()
+    );
+    let mut sumf = 0.0f32;
+    for (b, y) in w.iter().zip(x) {
+        let summs: i32 = (0..16)
+            .map(|j| y.bsums[j] as i32 * (b.scales[j] >> 4) as i32)
+            .sum();
+        let dall = y.d * b.d.to_f32();
+        let dmin = y.d * b.dmin.to_f32();
+        let mut isum = 0i32;
+        for i in 0..QK_K {
+            // Element i: byte 32 * (i / 128) + i % 32, bits 2 * ((i / 32) % 4).
+            let q = (b.qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3;
+            isum += (b.scales[i / 16] & 0x0F) as i32 * (y.qs[i] as i32 * q as i32);
+        }
+        sumf += dall * isum as f32 - dmin * summs as f32;
+    }
+    sumf
+}
+
+/// q3_K's sixteen 6-bit scales (stored + 32) as signed values, as ggml's `auxs` shuffle.
+#[inline]
+pub fn scales_q3_k(s: &[u8; 12]) -> [i8; 16] {
+    std::array::from_fn(|j| {
+        let lo = if j < 8 { s[j] & 0x0F } else { s[j - 8] >> 4 };
+        let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+        (lo | (hi << 4)) as i8 - 32
+    })
+}
+
+/// q3_K codes of a super-block in element order: two bits of `qs` (q2_K's order) minus
+/// 4 unless the element's bit of `hmask` is set (bit `i / 32` of `hmask[i % 32]`).
+#[inline]
+fn codes_q3_k(qs: &[u8; QK_K / 4], hmask: &[u8; QK_K / 8]) -> [i8; QK_K] {
+    std::array::from_fn(|i| {
+        let q = (qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3;
+        let h = hmask[i % 32] & (1 << (i / 32)) != 0;
+        q as i8 - if h { 0 } else { 4 }
+    })
+}
+
+/// q3_K · q8_K (`ggml_vec_dot_q3_K_q8_K_generic`).
+pub fn vec_dot_q3_k(w: &[BlockQ3K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(
+        w.len(),
+        x.len(),
+        "vec_dot_q3_k: {} weight blocks, {} activation blocks",
+        w.len(),
+        x.len()
+    );
+    let mut sums = [0.0f32; 8];
+    for (b, y) in w.iter().zip(x) {
+        let a = codes_q3_k(&b.qs, &b.hmask);
+        let sc = scales_q3_k(&b.scales);
+        let aux32 = lanes(&a, &y.qs, |j| sc[j] as i32, 16);
+        let d = b.d.to_f32() * y.d;
+        for l in 0..8 {
+            sums[l] += d * aux32[l] as f32;
+        }
+    }
+    let mut sumf = 0.0f32;
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
 /// A tile kernel from a dot product: `out[t] = dot(w, x[t])`.
 macro_rules! kq_tile {
     ($name:ident, $dot:ident, $w:ty) => {
@@ -210,6 +289,8 @@ macro_rules! kq_tile {
     };
 }
 
+kq_tile!(tile_q2_k, vec_dot_q2_k, BlockQ2K);
+kq_tile!(tile_q3_k, vec_dot_q3_k, BlockQ3K);
 kq_tile!(tile_q4_k, vec_dot_q4_k, BlockQ4K);
 kq_tile!(tile_q5_k, vec_dot_q5_k, BlockQ5K);
 kq_tile!(tile_q6_k, vec_dot_q6_k, BlockQ6K);

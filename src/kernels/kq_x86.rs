@@ -1,4 +1,4 @@
-//! x86-64 K-quant tiles (q4_K, q5_K, q6_K against q8_K activations) at two levels:
+//! x86-64 K-quant tiles (q2_K … q6_K against q8_K activations) at two levels:
 //!
 //! - `avx2` (AVX2 + FMA + F16C): 32 codes per step as unsigned bytes, `maddubs` with
 //!   the activation codes (i16 pair sums), `madd` with the sub-block scale as i16 (i32
@@ -9,8 +9,8 @@
 //!   per super-block in i32.
 //!
 //! Both keep the weight codes unsigned and move the offsets to the activations' sums
-//! (`bsums`): q4_K / q5_K subtract `dmin * sum(bsums * min)`, q6_K's `- 32` becomes
-//! `- 32 * sum(bsums * scale)` inside the integer sum. Integer sums are exact (bounds
+//! (`bsums`): q2_K / q4_K / q5_K subtract `dmin * sum(bsums * min)`, q6_K's `- 32` and
+//! q3_K's `- 4` become `- 32 * sum(bsums * scale)` / `- 4 * …` inside the integer sum. Integer sums are exact (bounds
 //! in the comments), so a super-block contributes the same integers as the scalar twin;
 //! only the order of the f32 additions differs.
 //!
@@ -20,10 +20,10 @@
 //! super-block once and multiplies it with every token's block.
 
 use super::kq::KqKernels;
-use super::kq_generic::scales_mins_k4;
+use super::kq_generic::{scales_mins_k4, scales_q3_k};
 use core::arch::x86_64::*;
 use half::f16;
-use quant_formats::block::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// The AVX2 K table, if this CPU has AVX2, FMA and F16C.
 pub(super) fn avx2() -> Option<&'static KqKernels> {
@@ -46,6 +46,8 @@ pub(super) fn avx512() -> Option<&'static KqKernels> {
 static AVX2: KqKernels = KqKernels {
     name: "avx2",
     tile_tokens: 4,
+    q2_k: avx2_impl::q2_k,
+    q3_k: avx2_impl::q3_k,
     q4_k: avx2_impl::q4_k,
     q5_k: avx2_impl::q5_k,
     q6_k: avx2_impl::q6_k,
@@ -54,6 +56,8 @@ static AVX2: KqKernels = KqKernels {
 static AVX512: KqKernels = KqKernels {
     name: "avx512",
     tile_tokens: 8,
+    q2_k: avx512_impl::q2_k,
+    q3_k: avx512_impl::q3_k,
     q4_k: avx512_impl::q4_k,
     q5_k: avx512_impl::q5_k,
     q6_k: avx512_impl::q6_k,
@@ -327,6 +331,106 @@ mod avx2_impl {
         }
     }
 
+    /// q2_K: per 128 elements, 32 bytes of 2-bit codes (shift 2j: elements 32j..32j+32),
+    /// each 32 two sub-blocks of 16 with a 4-bit scale; the 4-bit mins via the bsums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q2_k_t<const NT: usize>(w: &[BlockQ2K], x: &[BlockQ8K], out: &mut [f32]) {
+        let nb = w.len();
+        let m3 = _mm256_set1_epi8(3);
+        let m0f = _mm_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for (i, b) in w.iter().enumerate() {
+            prefetch_block(b);
+            let raw = load128(&b.scales);
+            let sc8 = _mm_and_si128(raw, m0f);
+            let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m0f));
+            let (dw, dmw) = (h2f(b.d), h2f(b.dmin));
+            let mut isum = [_mm256_setzero_si256(); NT];
+            for k in 0..2 {
+                let q = load256(&b.qs[32 * k..]);
+                let c = [
+                    _mm256_and_si256(q, m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(q), m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(q), m3),
+                ];
+                for (j, &cj) in c.iter().enumerate() {
+                    let ctl = load128(&SCALE_PAIRS[4 * k + j]);
+                    let s = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sc8, ctl));
+                    for t in 0..NT {
+                        let y = &x[t * nb + i];
+                        let p = dot_scaled(cj, load256(&y.qs[128 * k + 32 * j..]), s);
+                        isum[t] = _mm256_add_epi32(isum[t], p);
+                    }
+                }
+            }
+            for t in 0..NT {
+                let y = &x[t * nb + i];
+                let m = _mm256_madd_epi16(load256(&y.bsums), mins);
+                let d = _mm256_set1_ps(dw * y.d);
+                let dm = _mm256_set1_ps(-(dmw * y.d));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), d, acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), dm, acc[t]);
+            }
+        }
+        for t in 0..NT {
+            out[t] = hsum(acc[t]);
+        }
+    }
+
+    /// q3_K: q2_K's code order plus a third bit (bit `i / 32` of `hmask[i % 32]`), 6-bit
+    /// signed scales per 16; the `- 4` via the bsums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q3_k_t<const NT: usize>(w: &[BlockQ3K], x: &[BlockQ8K], out: &mut [f32]) {
+        let nb = w.len();
+        let m3 = _mm256_set1_epi8(3);
+        let m4 = _mm256_set1_epi8(4);
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for (i, b) in w.iter().enumerate() {
+            prefetch_block(b);
+            let sc = scales_q3_k(&b.scales);
+            let sc8 = load128(&sc);
+            let sc16 = _mm256_cvtepi8_epi16(sc8);
+            let dw = h2f(b.d);
+            // h >> n (16-bit shifts, n <= 7): bit 0 of each byte is its own bit n.
+            let mut h = load256(&b.hmask);
+            let mut isum = [_mm256_setzero_si256(); NT];
+            for k in 0..2 {
+                let q = load256(&b.qs[32 * k..]);
+                let c = [
+                    _mm256_and_si256(q, m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(q), m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(q), m3),
+                ];
+                for (j, &cj) in c.iter().enumerate() {
+                    let cj = _mm256_or_si256(cj, _mm256_and_si256(_mm256_slli_epi16::<2>(h), m4));
+                    h = _mm256_srli_epi16::<1>(h);
+                    let ctl = load128(&SCALE_PAIRS[4 * k + j]);
+                    let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, ctl));
+                    for t in 0..NT {
+                        let y = &x[t * nb + i];
+                        let p = dot_scaled(cj, load256(&y.qs[128 * k + 32 * j..]), s);
+                        isum[t] = _mm256_add_epi32(isum[t], p);
+                    }
+                }
+            }
+            for t in 0..NT {
+                let y = &x[t * nb + i];
+                // 4 * sum(bsums * scales): |4 * 16 * 2048 * 32| < 2^23.
+                let off = _mm256_madd_epi16(load256(&y.bsums), sc16);
+                let s = _mm256_sub_epi32(isum[t], _mm256_slli_epi32::<2>(off));
+                let d = _mm256_set1_ps(dw * y.d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[t]);
+            }
+        }
+        for t in 0..NT {
+            out[t] = hsum(acc[t]);
+        }
+    }
+
+    wrap_tile!(q2_k, q2_k_t, BlockQ2K, 4);
+    wrap_tile!(q3_k, q3_k_t, BlockQ3K, 4);
     wrap_tile!(q4_k, q4_k_t, BlockQ4K, 4);
     wrap_tile!(q5_k, q5_k_t, BlockQ5K, 4);
     wrap_tile!(q6_k, q6_k_t, BlockQ6K, 4);
@@ -526,6 +630,101 @@ mod avx512_impl {
         }
     }
 
+    /// Two-bit codes of 128 elements from 32 bytes (shift 2j: elements 32j..32j+32), as
+    /// two vectors in element order: X = [q | q >> 2]; (X & 3, (X >> 4) & 3).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn crumbs(q: __m256i) -> (__m512i, __m512i) {
+        let m3 = _mm512_set1_epi8(3);
+        // 16-bit shifts; the & 3 keeps bits that came from the same byte.
+        let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<2>(q));
+        (
+            _mm512_and_si512(x, m3),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(x), m3),
+        )
+    }
+
+    /// q2_K: 4-bit scales per 16 (lanes as q6_K), 4-bit mins via the bsums.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn q2_k_t<const NT: usize>(w: &[BlockQ2K], x: &[BlockQ8K], out: &mut [f32]) {
+        let nb = w.len();
+        let m0f = _mm_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        for (i, b) in w.iter().enumerate() {
+            prefetch_block(b);
+            let raw = load128(&b.scales);
+            let s = spread(&IDX_K6, _mm512_cvtepu8_epi32(_mm_and_si128(raw, m0f)));
+            let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m0f));
+            let (a0, b0) = crumbs(load256(&b.qs[..32]));
+            let (a1, b1) = crumbs(load256(&b.qs[32..]));
+            let q = [a0, b0, a1, b1];
+            let (dw, dmw) = (h2f(b.d), h2f(b.dmin));
+            for t in 0..NT {
+                let y = &x[t * nb + i];
+                let isum = dot256(&q, &s, &y.qs);
+                let m = _mm256_madd_epi16(load256(&y.bsums), mins);
+                let d = _mm512_set1_ps(dw * y.d);
+                let dm = _mm512_set1_ps(-(dmw * y.d));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[t]);
+                let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(m));
+                acc[t] = _mm512_fmadd_ps(m, dm, acc[t]);
+            }
+        }
+        for t in 0..NT {
+            out[t] = _mm512_reduce_add_ps(acc[t]);
+        }
+    }
+
+    /// q3_K: q2_K's codes plus the `hmask` bit as bit 2; vector 2k holds elements
+    /// 128k..128k+64 (bits 4k, 4k + 1 of hmask), 2k + 1 the next 64 (bits 4k + 2, 4k + 3).
+    /// With hb = [hm | hm >> 1] each is one bit of hb, shifted to bit 2 (16-bit shifts;
+    /// the & 4 keeps bits from the same byte).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn q3_k_t<const NT: usize>(w: &[BlockQ3K], x: &[BlockQ8K], out: &mut [f32]) {
+        let nb = w.len();
+        let m4 = _mm512_set1_epi8(4);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        for (i, b) in w.iter().enumerate() {
+            prefetch_block(b);
+            let sc = scales_q3_k(&b.scales);
+            let sc8 = load128(&sc);
+            // Scales as i32 lanes with a zero high i16 (see the module note).
+            let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xFFFF));
+            let s = spread(&IDX_K6, sc32);
+            let sc16 = _mm256_cvtepi8_epi16(sc8);
+            let hm = load256(&b.hmask);
+            let hb =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hm), _mm256_srli_epi16::<1>(hm));
+            let (a0, b0) = crumbs(load256(&b.qs[..32]));
+            let (a1, b1) = crumbs(load256(&b.qs[32..]));
+            let bits = [
+                _mm512_slli_epi16::<2>(hb),
+                hb,
+                _mm512_srli_epi16::<2>(hb),
+                _mm512_srli_epi16::<4>(hb),
+            ];
+            let mut q = [a0, b0, a1, b1];
+            for k in 0..4 {
+                q[k] = _mm512_or_si512(q[k], _mm512_and_si512(bits[k], m4));
+            }
+            let dw = h2f(b.d);
+            for t in 0..NT {
+                let y = &x[t * nb + i];
+                let isum = dot256(&q, &s, &y.qs);
+                // 4 * sum(bsums * scales): |4 * 16 * 2048 * 32| < 2^23.
+                let off = _mm256_slli_epi32::<2>(_mm256_madd_epi16(load256(&y.bsums), sc16));
+                let isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(off));
+                let d = _mm512_set1_ps(dw * y.d);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[t]);
+            }
+        }
+        for t in 0..NT {
+            out[t] = _mm512_reduce_add_ps(acc[t]);
+        }
+    }
+
+    wrap_tile!(q2_k, q2_k_t, BlockQ2K, 8);
+    wrap_tile!(q3_k, q3_k_t, BlockQ3K, 8);
     wrap_tile!(q4_k, q4_k_t, BlockQ4K, 8);
     wrap_tile!(q5_k, q5_k_t, BlockQ5K, 8);
     wrap_tile!(q6_k, q6_k_t, BlockQ6K, 8);
