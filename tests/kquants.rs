@@ -216,9 +216,9 @@ fn exact_dot<B: KBlock>(w: &[B], x: &[BlockQ8K]) -> (f64, f64) {
         let dy = y.d as f64;
         let (mut s, mut sm) = (0i64, 0i64);
         let (mut abs, mut abs_m) = (0i64, 0i64);
-        for i in 0..QK_K {
-            s += a[i] as i64 * y.qs[i] as i64;
-            abs += (a[i] as i64 * y.qs[i] as i64).abs();
+        for (&ai, &qi) in a.iter().zip(&y.qs) {
+            s += ai as i64 * qi as i64;
+            abs += (ai as i64 * qi as i64).abs();
         }
         for j in 0..16 {
             sm += m[16 * j] as i64 * y.bsums[j] as i64;
@@ -374,12 +374,13 @@ fn dot_q6_k() {
 /// 256 * (1 * 2 * 4) * 0.5 * 0.25 = 256.
 #[test]
 fn hand_computed_q6_k() {
-    let mut b = BlockQ6K::default();
     // Low nibble 1, high bits 2 (0b10 << 4 = 32): 33 everywhere.
-    b.ql = [0x11; 128];
-    b.qh = [0b1010_1010; 64];
-    b.scales = [2; 16];
-    b.d = f16::from_f32(0.5);
+    let b = BlockQ6K {
+        ql: [0x11; 128],
+        qh: [0b1010_1010; 64],
+        scales: [2; 16],
+        d: f16::from_f32(0.5),
+    };
     let mut y = BlockQ8K {
         d: 0.25,
         ..Default::default()

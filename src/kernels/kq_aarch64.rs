@@ -212,17 +212,13 @@ fn q6_k_t<const NT: usize>(w: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
         let q = codes_q6(&b.ql, &b.qh);
         let sc8 = ld_s8(&b.scales);
         let sc16 = [vmovl_s8(vget_low_s8(sc8)), vmovl_high_s8(sc8)];
+        let sc: [i32; 16] = std::array::from_fn(|k| b.scales[k] as i32);
         let dw = h2f(b.d);
-        let z = vdupq_n_s32(0);
         for t in 0..NT {
             let y = &x[t * nb + i];
-            let mut isum = z;
-            for k in 0..16 {
-                let p = sdot(z, vreinterpretq_s8_u8(q[k]), ld_s8(&y.qs[16 * k..]));
-                isum = vmlaq_n_s32(isum, p, b.scales[k] as i32);
-            }
+            let isum = isum_16(&q, &sc, &y.qs);
             let off = dot_bsums(&y.bsums, sc16);
-            sumf[t] += (dw * y.d) * (vaddvq_s32(isum) - 32 * off) as f32;
+            sumf[t] += (dw * y.d) * (isum - 32 * off) as f32;
         }
     }
     out.copy_from_slice(&sumf);

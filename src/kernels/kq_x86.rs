@@ -195,7 +195,7 @@ mod avx2_impl {
 
     /// Shared by q4_K and q5_K: `$hbits` adds q5_K's fifth bits to (lo, hi) codes.
     macro_rules! k4_tile {
-        ($inner:ident, $w:ty, |$b:ident, $lo:ident, $hi:ident, $h:ident| $init:expr, $add:expr) => {
+        ($inner:ident, $w:ty, |$b:ident, $lo:ident, $hi:ident, $h:ident| $init:expr, $add:block) => {
             #[target_feature(enable = "avx2,fma,f16c")]
             fn $inner<const NT: usize>(w: &[$w], x: &[BlockQ8K], out: &mut [f32]) {
                 let nb = w.len();
@@ -215,7 +215,7 @@ mod avx2_impl {
                         let mut $lo = _mm256_and_si256(raw, m4);
                         #[allow(unused_mut)]
                         let mut $hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
-                        $add;
+                        $add
                         let s_lo = _mm256_set1_epi16(sc[2 * j] as i16);
                         let s_hi = _mm256_set1_epi16(sc[2 * j + 1] as i16);
                         for t in 0..NT {
@@ -242,7 +242,7 @@ mod avx2_impl {
         };
     }
 
-    k4_tile!(q4_k_t, BlockQ4K, |b, lo, hi, h| (), ());
+    k4_tile!(q4_k_t, BlockQ4K, |b, lo, hi, h| (), {});
 
     // q5_K: bit 2j of qh[l] is the fifth bit of the j-th 64's low-nibble element l,
     // bit 2j + 1 that of its high-nibble element; `h` is qh shifted right 2j.
@@ -530,7 +530,7 @@ mod avx512_impl {
     }
 
     macro_rules! k4_tile {
-        ($inner:ident, $w:ty, |$b:ident, $q:ident| $add:expr) => {
+        ($inner:ident, $w:ty, |$b:ident, $q:ident| $add:block) => {
             #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
             fn $inner<const NT: usize>(w: &[$w], x: &[BlockQ8K], out: &mut [f32]) {
                 let nb = w.len();
@@ -542,7 +542,7 @@ mod avx512_impl {
                     let mins = mins_pairs(sm);
                     #[allow(unused_mut)]
                     let mut $q = nibbles_k4(&$b.qs);
-                    $add;
+                    $add
                     let (dw, dmw) = (h2f($b.d), h2f($b.dmin));
                     for t in 0..NT {
                         let y = &x[t * nb + i];
@@ -562,7 +562,7 @@ mod avx512_impl {
         };
     }
 
-    k4_tile!(q4_k_t, BlockQ4K, |b, q| ());
+    k4_tile!(q4_k_t, BlockQ4K, |b, q| {});
 
     // q5_K: vector j holds elements 64j..64j+64; its low half takes bit 2j of qh[l],
     // its high half bit 2j + 1. With hb = [qh | qh >> 1] both are bit 2j of hb,
