@@ -518,3 +518,116 @@ fn qmatrix_k_shapes() {
     let e = QMatrix::new("a", GgmlType::Q6K, 2, 256, bytes).unwrap_err();
     assert!(e.contains("420") && e.contains("432"), "{e}");
 }
+
+/// The C generator of the ggml golden driver: a 64-bit LCG, values (s >> 40) / 2^24 - 0.5.
+struct Lcg(u64);
+impl Lcg {
+    fn f(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u32 << 24) as f32 - 0.5
+    }
+}
+
+/// ggml's own numbers (the vendored llama.cpp 0.3.36 build, x86-64 with AVX-512): a
+/// throwaway C driver quantized 16 rows x 2048 of the `Lcg(12345)` data below with
+/// `ggml_quantize_chunk` (no imatrix), the activations with the type's `from_float`
+/// (q8_K) and called the type's `vec_dot` per row. Kept here: (ggml type tag, FNV-1a 64
+/// of the quantized weights, the 16 dot products as f32 bits). Our quantizer must give
+/// the same bytes and every kernel level the same dots up to float summation order.
+const GGML_VEC_DOT: &[(u32, u64, [u32; 16])] = &[
+    (
+        10,
+        0x72b602b2a9e5b604,
+        [
+            0xc30c079e, 0xc34fdad6, 0xc2efeadc, 0x4203d13a, 0xc2d0d1fe, 0x431c96a3, 0x439172d0,
+            0x4333bb59, 0x41c68160, 0x42830901, 0xc31c5576, 0x43403c20, 0x42ec90ee, 0x42906910,
+            0x422215d0, 0x43156cd2,
+        ],
+    ),
+    (
+        11,
+        0x8e44301c51200cd7,
+        [
+            0xc31b85bb, 0xc350af3d, 0xc2b34ae2, 0xc2451327, 0xc3071fa6, 0x42c0b0b4, 0x4391319a,
+            0x433e5a7d, 0xc12736d8, 0xc181f4f4, 0xc30c3484, 0x43711894, 0x42eb840d, 0x4236cdb2,
+            0x40d648b0, 0x43164596,
+        ],
+    ),
+    (
+        12,
+        0xfbe5ac70482ffd4a,
+        [
+            0xc32f6376, 0xc34d8d02, 0xc29e6d84, 0xc216d17a, 0xc2bb1023, 0x42d67717, 0x43899702,
+            0x432d500d, 0x4137ab28, 0x41d29bd2, 0xc3274d66, 0x435867d0, 0x42ecb6a4, 0x427a6efc,
+            0xc1b2b0a0, 0x43161ef0,
+        ],
+    ),
+    (
+        13,
+        0xb677267aae6eed09,
+        [
+            0xc3361c02, 0xc34b4181, 0xc2c90634, 0xc1da3be0, 0xc2cd1f0c, 0x42eb6216, 0x438b40b3,
+            0x43293e73, 0x417072fc, 0x412a9a36, 0xc327c7bd, 0x435cea33, 0x42e21c2e, 0x427a0854,
+            0xc1b20868, 0x43130f67,
+        ],
+    ),
+    (
+        14,
+        0x15b249851f5c40a4,
+        [
+            0xc334d276, 0xc3475537, 0xc2d0f6c4, 0xc1e60374, 0xc2d18864, 0x42e1bd0b, 0x4389b6f7,
+            0x4325c001, 0x41260250, 0x4186e9f0, 0xc325244c, 0x435b08f6, 0x42ebc9c5, 0x42809f76,
+            0xc1b8ad20, 0x43133658,
+        ],
+    ),
+];
+
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[test]
+fn matches_ggml_vec_dot() {
+    let (rows, cols) = (16usize, 2048usize);
+    let mut g = Lcg(12345);
+    // As the C driver: weights first, then activations; f32 arithmetic in the same order.
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| g.f() * (1 + (i / 256 % 7)) as f32)
+        .collect();
+    let x: Vec<f32> = (0..cols)
+        .map(|i| g.f() * 3.0 * (1 + (i / 256 % 5)) as f32)
+        .collect();
+    for &(tag, hash, ref bits) in GGML_VEC_DOT {
+        let dtype = GgmlType::from_tag(tag).unwrap();
+        let q = quant_formats::reference::quantize(dtype, &w).unwrap();
+        assert_eq!(
+            fnv1a64(&q),
+            hash,
+            "{dtype}: quantized bytes differ from ggml's"
+        );
+        let al: Vec<u16> = q
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let m = QMatrix::new("w", dtype, rows, cols, bytemuck::cast_slice(&al)).unwrap();
+        let want: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for k in levels() {
+            let mut y = vec![0f32; rows];
+            let kq = kq::table(k.name);
+            kq::matmul_with(kq, &m, &x, &mut y, 1, &mut KqScratch::new(1, cols), false);
+            for (r, (&o, &e)) in y.iter().zip(&want).enumerate() {
+                assert!(
+                    (o - e).abs() <= 1e-6 * scale,
+                    "{dtype} {}: row {r}: {o} vs ggml {e}",
+                    k.name
+                );
+            }
+        }
+    }
+}
