@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use quant_formats::gguf::Gguf;
 
-use qwen::model::Model;
+use qwen::model::{KvType, Model};
 use qwen::sampler::{GenerationDefaults, Sampler, SamplerParams};
 use qwen::tokenizer::{StreamDecoder, Tokenizer};
 use qwen::ModelFile;
@@ -91,6 +91,13 @@ struct Args {
     /// Kernel level: scalar, avx2, avx512, neon (default: the best this CPU has).
     #[arg(long)]
     kernels: Option<String>,
+    /// KV cache type of the keys (also -ctk): f16 | f32 (default: f32 for f32
+    /// weight files, whose logits are held to 1e-3 of transformers; else f16).
+    #[arg(long = "cache-type-k", value_name = "TYPE", value_parser = parse_kv_type)]
+    cache_type_k: Option<KvType>,
+    /// KV cache type of the values (also -ctv): f16 | f32 (default: as for the keys).
+    #[arg(long = "cache-type-v", value_name = "TYPE", value_parser = parse_kv_type)]
+    cache_type_v: Option<KvType>,
     /// Read stdin as UTF-8 text and print its token ids as a JSON array.
     #[arg(long, conflicts_with_all = ["detokenize", "token_ids"])]
     tokenize: bool,
@@ -107,9 +114,31 @@ struct Args {
 
 type Res<T> = Result<T, String>;
 
+fn parse_kv_type(s: &str) -> Res<KvType> {
+    s.parse()
+}
+
+/// [`qwen::cli::parse_args`] over the arguments with llama.cpp's `-ctk` / `-ctv`
+/// spelled long (see [`qwen::state::expand_kv_flag_aliases`]).
+fn parse_args() -> Result<Args, ExitCode> {
+    let argv = qwen::state::expand_kv_flag_aliases(std::env::args_os());
+    Args::try_parse_from(argv).map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        eprintln!("error: {first} (see --help)");
+        ExitCode::from(1)
+    })
+}
+
 fn main() -> ExitCode {
     qwen::cli::install_panic_hook();
-    let args: Args = match qwen::cli::parse_args() {
+    let args: Args = match parse_args() {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -227,6 +256,7 @@ fn run(args: Args) -> Res<ExitCode> {
             args.batch_size,
             out,
             args.dump_layers.as_deref(),
+            kv_types(&args, &model),
         )
         .map(|()| ExitCode::SUCCESS);
     }
@@ -311,9 +341,10 @@ fn dump_logits(
     batch: usize,
     out: &PathBuf,
     layers: Option<&std::path::Path>,
+    (k, v): (KvType, KvType),
 ) -> Res<()> {
     let mut st = model
-        .try_new_state(n_ctx, batch)
+        .try_new_state_kv(n_ctx, batch, k, v)
         .map_err(|e| e.to_string())?;
     if layers.is_some() {
         st.trace = Some(Vec::new());
@@ -541,8 +572,9 @@ fn generate(
     }
     let mut sampler = Sampler::new(params).map_err(|e| e.to_string())?;
     let eos = stop_ids(tok);
+    let (k, v) = kv_types(args, model);
     let mut st = model
-        .try_new_state(n_ctx, args.batch_size)
+        .try_new_state_kv(n_ctx, args.batch_size, k, v)
         .map_err(|e| e.to_string())?;
 
     let t0 = Instant::now();
@@ -625,9 +657,10 @@ fn chat(
     params: SamplerParams,
 ) -> Res<()> {
     // The session allocates its own State; find out first whether it fits.
+    let (k, v) = kv_types(args, model);
     drop(
         model
-            .try_new_state(n_ctx, args.batch_size.min(n_ctx))
+            .try_new_state_kv(n_ctx, args.batch_size.min(n_ctx), k, v)
             .map_err(|e| e.to_string())?,
     );
     let template = qwen::chat::ChatTemplate::from_gguf(g, tok).map_err(|e| e.to_string())?;
@@ -643,5 +676,11 @@ fn chat(
         batch_size: args.batch_size,
         verbose: args.verbose,
     };
-    qwen::interactive::run(model, tok, &opts)
+    qwen::interactive::run_kv(model, tok, &opts, (k, v))
+}
+
+/// The KV cache types: the flags, else the model's default (f32 for f32 files).
+fn kv_types(args: &Args, model: &Model) -> (KvType, KvType) {
+    let k = args.cache_type_k.unwrap_or(model.default_kv_type());
+    (k, args.cache_type_v.unwrap_or(k))
 }

@@ -20,6 +20,7 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+pub mod attn;
 pub mod generic;
 mod par;
 #[cfg(target_arch = "x86_64")]
