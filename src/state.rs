@@ -281,9 +281,4 @@ impl State {
             n_ctx,
         }
     }
-
-    /// Shape of one layer's attention over this state's cache.
-    pub fn attn_dims(&self, cfg: &Config) -> AttnDims {
-        Self::attn_dims_of(cfg, self.n_ctx)
-    }
 }
