@@ -106,6 +106,11 @@ pub const KEY_BLOCK: usize = 64;
 /// Query tokens per parallel task.
 pub const QUERY_BLOCK: usize = 8;
 
+/// Below this many multiply-adds a call runs on the calling thread: waking a
+/// worker costs more than it saves (a few µs; 2^17 multiply-adds take ~10 µs
+/// here), and a short decode step then never waits for a descheduled peer.
+pub const SERIAL_MACS: usize = 1 << 17;
+
 /// Shape of the attention of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnDims {
@@ -267,8 +272,17 @@ pub fn attend<K: KvElem, V: KvElem>(
     let o_all = &mut scratch.out[..n_tasks * per_task * hd];
     let ml_all = &mut scratch.ml[..n_tasks * per_task * 2];
     let sc_all = &mut scratch.scores[..n_tasks * KEY_BLOCK];
-    if n_tasks == 1 {
-        task(0, o_all, ml_all, sc_all);
+    // Multiply-adds of q·k and p·v (causal: query i reads pos0 + i + 1 keys).
+    let macs = 2 * d.n_head * hd * (t * pos0 + t * (t + 1) / 2);
+    if n_tasks == 1 || macs < SERIAL_MACS {
+        for (ti, ((o, ml), sc)) in o_all
+            .chunks_mut(per_task * hd)
+            .zip(ml_all.chunks_mut(per_task * 2))
+            .zip(sc_all.chunks_mut(KEY_BLOCK))
+            .enumerate()
+        {
+            task(ti, o, ml, sc);
+        }
     } else {
         o_all
             .par_chunks_mut(per_task * hd)
