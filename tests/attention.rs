@@ -49,6 +49,10 @@ fn odd_key_counts() -> impl Iterator<Item = usize> {
     (1..=300).step_by(2)
 }
 
+fn max_of(x: &[f32]) -> f32 {
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 fn close(a: f32, b: f32, tol: f32) -> bool {
     (a - b).abs() <= tol * (1.0 + a.abs().max(b.abs()))
 }
@@ -74,8 +78,10 @@ fn scores_match_scalar() {
                     .chunks(hd)
                     .map(|kj| 0.125 * q.iter().zip(kj).map(|(x, y)| (x * y).abs()).sum::<f32>())
                     .collect();
-                (s.scores_f32)(&q, &k, 0.125, &mut a);
-                (t.scores_f32)(&q, &k, 0.125, &mut b);
+                let ma = (s.scores_f32)(&q, &k, 0.125, &mut a);
+                let mb = (t.scores_f32)(&q, &k, 0.125, &mut b);
+                assert_eq!(ma, max_of(&a), "scalar scores_f32 max, hd {hd} n {n}");
+                assert_eq!(mb, max_of(&b), "{name} scores_f32 max, hd {hd} n {n}");
                 for j in 0..n {
                     assert!(
                         close_sum(a[j], b[j], mag[j], 1e-6),
@@ -84,8 +90,10 @@ fn scores_match_scalar() {
                         a[j]
                     );
                 }
-                (s.scores_f16)(&q, &kh, 0.125, &mut a);
-                (t.scores_f16)(&q, &kh, 0.125, &mut b);
+                let ma = (s.scores_f16)(&q, &kh, 0.125, &mut a);
+                let mb = (t.scores_f16)(&q, &kh, 0.125, &mut b);
+                assert_eq!(ma, max_of(&a), "scalar scores_f16 max, hd {hd} n {n}");
+                assert_eq!(mb, max_of(&b), "{name} scores_f16 max, hd {hd} n {n}");
                 for j in 0..n {
                     assert!(
                         close_sum(a[j], b[j], mag[j], 1e-5),
@@ -253,6 +261,24 @@ fn f16_store_rounds_like_half() {
                     f16::from_f32(a).to_bits(),
                     "{name}: f16({a}) at {i}"
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_load_is_exact() {
+    // Every f16 bit pattern but NaNs (whose payloads may differ) widens exactly.
+    let x: Vec<f16> = (0..=u16::MAX)
+        .map(f16::from_bits)
+        .filter(|h| !h.is_nan())
+        .collect();
+    for (name, t) in std::iter::once(("scalar", &attn::generic::SCALAR)).chain(simd_levels()) {
+        for start in [0, 1, 5] {
+            let mut y = vec![0f32; x.len() - start];
+            (t.to_f32)(&x[start..], &mut y);
+            for (h, v) in x[start..].iter().zip(&y) {
+                assert_eq!(v.to_bits(), h.to_f32().to_bits(), "{name}: {h}");
             }
         }
     }

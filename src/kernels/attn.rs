@@ -12,7 +12,7 @@
 //! Elements are f32 or f16 ([`KvElem`]); f16 halves the bytes a long-context
 //! decode step reads.
 //!
-//! [`attend`] is a flash-style loop: keys in blocks of [`KEY_BLOCK`], a running
+//! [`attend`] is a flash-style loop: keys in blocks of [`key_block`], a running
 //! max and sum per (query, head) (online softmax), the output rescaled when the
 //! max grows. One parallel dispatch per call over (KV head x block of [`QUERY_BLOCK`]
 //! query tokens); a task serves every query head of its KV group, so each key
@@ -37,8 +37,9 @@ pub struct AttnKernels {
     /// "scalar" | "avx2" | "avx512" | "neon".
     pub name: &'static str,
     /// `out[j] = scale * dot(q, k[j])` for `j < out.len()`; q: [hd], k: [out.len(), hd].
-    pub scores_f32: fn(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]),
-    pub scores_f16: fn(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]),
+    /// Returns the largest `out[j]` (NaNs skipped; -inf when every one is NaN).
+    pub scores_f32: fn(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) -> f32,
+    pub scores_f16: fn(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) -> f32,
     /// `out += sum_j p[j] * v[j]`; p: [n], v: [n, hd], out: [hd].
     pub accum_f32: fn(p: &[f32], v: &[f32], out: &mut [f32]),
     pub accum_f16: fn(p: &[f32], v: &[f16], out: &mut [f32]),
@@ -46,6 +47,8 @@ pub struct AttnKernels {
     pub exp_sum: fn(s: &mut [f32], max: f32) -> f32,
     /// `y[i] = f16(x[i])`, rounded to nearest even (as `half::f16::from_f32`).
     pub to_f16: fn(x: &[f32], y: &mut [f16]),
+    /// `y[i] = f32(x[i])` (exact).
+    pub to_f32: fn(x: &[f16], y: &mut [f32]),
 }
 
 /// The table of `level` if this build has it and this CPU supports it.
@@ -69,17 +72,26 @@ pub fn active() -> &'static AttnKernels {
 
 /// An element type of the KV cache.
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    /// Whether [`attend`] widens a block of this type to f32 once when several
+    /// query rows read it (f16: the conversion would be repeated by every one).
+    const WIDEN: bool;
     /// Stores `x` as this type (`y.len() == x.len()`).
     fn store(k: &AttnKernels, x: &[f32], y: &mut [Self]);
-    fn scores(k: &AttnKernels) -> fn(&[f32], &[Self], f32, &mut [f32]);
+    /// `y = f32(x)` (`y.len() == x.len()`).
+    fn widen(k: &AttnKernels, x: &[Self], y: &mut [f32]);
+    fn scores(k: &AttnKernels) -> fn(&[f32], &[Self], f32, &mut [f32]) -> f32;
     fn accum(k: &AttnKernels) -> fn(&[f32], &[Self], &mut [f32]);
 }
 
 impl KvElem for f32 {
+    const WIDEN: bool = false;
     fn store(_: &AttnKernels, x: &[f32], y: &mut [f32]) {
         y.copy_from_slice(x);
     }
-    fn scores(k: &AttnKernels) -> fn(&[f32], &[f32], f32, &mut [f32]) {
+    fn widen(_: &AttnKernels, x: &[f32], y: &mut [f32]) {
+        y.copy_from_slice(x);
+    }
+    fn scores(k: &AttnKernels) -> fn(&[f32], &[f32], f32, &mut [f32]) -> f32 {
         k.scores_f32
     }
     fn accum(k: &AttnKernels) -> fn(&[f32], &[f32], &mut [f32]) {
@@ -88,10 +100,14 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    const WIDEN: bool = true;
     fn store(k: &AttnKernels, x: &[f32], y: &mut [f16]) {
         (k.to_f16)(x, y)
     }
-    fn scores(k: &AttnKernels) -> fn(&[f32], &[f16], f32, &mut [f32]) {
+    fn widen(k: &AttnKernels, x: &[f16], y: &mut [f32]) {
+        (k.to_f32)(x, y)
+    }
+    fn scores(k: &AttnKernels) -> fn(&[f32], &[f16], f32, &mut [f32]) -> f32 {
         k.scores_f16
     }
     fn accum(k: &AttnKernels) -> fn(&[f32], &[f16], &mut [f32]) {
@@ -99,9 +115,18 @@ impl KvElem for f16 {
     }
 }
 
-/// Keys per block of the online softmax: 64 keys of head_dim 64 in f16 are 8 KB
-/// of K plus 8 KB of V, which stay in L1 while every query of a task uses them.
-pub const KEY_BLOCK: usize = 64;
+/// Bytes of keys per block of the online softmax, as f32: with as many bytes of
+/// values, a block stays in L1 while every query row of a task uses it (head_dim
+/// 64: 64 keys). Larger blocks mean fewer rescales and calls per key.
+pub const KEY_BLOCK_BYTES: usize = 16 << 10;
+
+/// Most keys per block.
+pub const MAX_KEY_BLOCK: usize = 256;
+
+/// Keys per block for a head size.
+pub fn key_block(head_dim: usize) -> usize {
+    (KEY_BLOCK_BYTES / (head_dim * 4).max(1)).clamp(16, MAX_KEY_BLOCK)
+}
 
 /// Query tokens per parallel task.
 pub const QUERY_BLOCK: usize = 8;
@@ -137,8 +162,9 @@ pub struct AttnScratch {
     out: Vec<f32>,
     /// Running (max, sum) by task: [n_tasks, QUERY_BLOCK, group, 2].
     ml: Vec<f32>,
-    /// Scores of one key block by task: [n_tasks, KEY_BLOCK].
-    scores: Vec<f32>,
+    /// By task: scores of one key block [MAX_KEY_BLOCK], then that block's keys and
+    /// values widened to f32 [2, key_block, head_dim] ([`AttnScratch::work_len`]).
+    work: Vec<f32>,
 }
 
 impl AttnScratch {
@@ -151,8 +177,12 @@ impl AttnScratch {
             max_batch,
             out: vec![0.0; tasks * per_task * dims.head_dim],
             ml: vec![0.0; tasks * per_task * 2],
-            scores: vec![0.0; tasks * KEY_BLOCK],
+            work: vec![0.0; tasks * Self::work_len(&dims)],
         }
+    }
+
+    fn work_len(dims: &AttnDims) -> usize {
+        MAX_KEY_BLOCK + 2 * key_block(dims.head_dim) * dims.head_dim
     }
 
     /// The shape this scratch serves.
@@ -162,7 +192,7 @@ impl AttnScratch {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        (self.out.len() + self.ml.len() + self.scores.len()) * std::mem::size_of::<f32>()
+        (self.out.len() + self.ml.len() + self.work.len()) * std::mem::size_of::<f32>()
     }
 }
 
@@ -211,9 +241,13 @@ pub fn attend<K: KvElem, V: KvElem>(
     let n_tasks = d.n_head_kv * nqb;
     let per_task = QUERY_BLOCK * g;
     let scores_fn = K::scores(kern);
+    let kblock = key_block(hd);
+    let work_len = AttnScratch::work_len(&d);
     let accum_fn = V::accum(kern);
 
-    let task = |ti: usize, o: &mut [f32], ml: &mut [f32], sc: &mut [f32]| {
+    let task = |ti: usize, o: &mut [f32], ml: &mut [f32], work: &mut [f32]| {
+        let (sc, wide) = work.split_at_mut(MAX_KEY_BLOCK);
+        let (kbuf, vbuf) = wide.split_at_mut(kblock * hd);
         let (kvh, qb) = (ti / nqb, ti % nqb);
         let (i0, i1) = (qb * QUERY_BLOCK, ((qb + 1) * QUERY_BLOCK).min(t));
         let keys = &kc[kvh * n_ctx * hd..(kvh + 1) * n_ctx * hd];
@@ -228,7 +262,17 @@ pub fn attend<K: KvElem, V: KvElem>(
         let n_keys = pos0 + i1;
         let mut kb = 0;
         while kb < n_keys {
-            let ke = (kb + KEY_BLOCK).min(n_keys);
+            let ke = (kb + kblock).min(n_keys);
+            // Query rows that read this block; with two or more, f16 keys/values
+            // are widened once here instead of once per row inside the kernels.
+            let users = (i0..i1).filter(|&i| pos0 + i + 1 > kb).count() * g;
+            let (wide_k, wide_v) = (K::WIDEN && users >= 2, V::WIDEN && users >= 2);
+            if wide_k {
+                K::widen(kern, &keys[kb * hd..ke * hd], &mut kbuf[..(ke - kb) * hd]);
+            }
+            if wide_v {
+                V::widen(kern, &vals[kb * hd..ke * hd], &mut vbuf[..(ke - kb) * hd]);
+            }
             for i in i0..i1 {
                 // Query i sees keys 0..=pos0 + i.
                 let end = ke.min(pos0 + i + 1);
@@ -243,8 +287,13 @@ pub fn attend<K: KvElem, V: KvElem>(
                     let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
                     let r = (i - i0) * g + j;
                     let s = &mut sc[..nk];
-                    scores_fn(qh, kblk, scale, s);
-                    let mx = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    // Widening is exact and the f16 and f32 kernels add in the same
+                    // order, so both paths give the same scores.
+                    let mx = if wide_k {
+                        (kern.scores_f32)(qh, &kbuf[..nk * hd], scale, s)
+                    } else {
+                        scores_fn(qh, kblk, scale, s)
+                    };
                     let (m_old, l_old) = (ml[2 * r], ml[2 * r + 1]);
                     let m_new = m_old.max(mx);
                     let orow = &mut o[r * hd..(r + 1) * hd];
@@ -256,7 +305,11 @@ pub fn attend<K: KvElem, V: KvElem>(
                         orow.iter_mut().for_each(|x| *x *= c);
                     }
                     l += (kern.exp_sum)(s, m_new);
-                    accum_fn(s, vblk, orow);
+                    if wide_v {
+                        (kern.accum_f32)(s, &vbuf[..nk * hd], orow);
+                    } else {
+                        accum_fn(s, vblk, orow);
+                    }
                     ml[2 * r] = m_new;
                     ml[2 * r + 1] = l;
                 }
@@ -271,14 +324,14 @@ pub fn attend<K: KvElem, V: KvElem>(
 
     let o_all = &mut scratch.out[..n_tasks * per_task * hd];
     let ml_all = &mut scratch.ml[..n_tasks * per_task * 2];
-    let sc_all = &mut scratch.scores[..n_tasks * KEY_BLOCK];
+    let sc_all = &mut scratch.work[..n_tasks * work_len];
     // Multiply-adds of q·k and p·v (causal: query i reads pos0 + i + 1 keys).
     let macs = 2 * d.n_head * hd * (t * pos0 + t * (t + 1) / 2);
     if n_tasks == 1 || macs < SERIAL_MACS {
         for (ti, ((o, ml), sc)) in o_all
             .chunks_mut(per_task * hd)
             .zip(ml_all.chunks_mut(per_task * 2))
-            .zip(sc_all.chunks_mut(KEY_BLOCK))
+            .zip(sc_all.chunks_mut(work_len))
             .enumerate()
         {
             task(ti, o, ml, sc);
@@ -287,7 +340,7 @@ pub fn attend<K: KvElem, V: KvElem>(
         o_all
             .par_chunks_mut(per_task * hd)
             .zip(ml_all.par_chunks_mut(per_task * 2))
-            .zip(sc_all.par_chunks_mut(KEY_BLOCK))
+            .zip(sc_all.par_chunks_mut(work_len))
             .enumerate()
             .with_max_len(1)
             .for_each(|(ti, ((o, ml), sc))| task(ti, o, ml, sc));

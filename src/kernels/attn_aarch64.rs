@@ -28,6 +28,7 @@ static NEON: AttnKernels = AttnKernels {
     accum_f16,
     exp_sum,
     to_f16,
+    to_f32,
 };
 
 macro_rules! wrap {
@@ -43,12 +44,13 @@ macro_rules! wrap {
 }
 
 wrap!(
-    scores_f32(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]);
-    scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]);
+    scores_f32(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) -> f32;
+    scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) -> f32;
     accum_f32(p: &[f32], v: &[f32], out: &mut [f32]);
     accum_f16(p: &[f32], v: &[f16], out: &mut [f32]);
     exp_sum(s: &mut [f32], max: f32) -> f32;
     to_f16(x: &[f32], y: &mut [f16]);
+    to_f32(x: &[f16], y: &mut [f32]);
 );
 
 mod imp {
@@ -109,7 +111,7 @@ mod imp {
     macro_rules! scores {
         ($name:ident, $t:ty, $load:ident, $to_f32:expr) => {
             #[target_feature(enable = "neon,fp16")]
-            pub(super) fn $name(q: &[f32], k: &[$t], scale: f32, out: &mut [f32]) {
+            pub(super) fn $name(q: &[f32], k: &[$t], scale: f32, out: &mut [f32]) -> f32 {
                 check_scores(q.len(), k.len(), out.len());
                 let hd = q.len();
                 let hd4 = hd & !3;
@@ -119,6 +121,7 @@ mod imp {
                     let kj = &k[j * hd..(j + 1) * hd];
                     (hd4..hd).map(|d| q[d] * $to_f32(kj[d])).sum()
                 };
+                let mut mx = f32::NEG_INFINITY;
                 let mut j = 0;
                 while j + 4 <= n {
                     let mut a = [vdupq_n_f32(0.0); 4];
@@ -135,6 +138,7 @@ mod imp {
                     }
                     for (r, ar) in a.iter().enumerate() {
                         out[j + r] = (vaddvq_f32(*ar) + tail(j + r)) * scale;
+                        mx = mx.max(out[j + r]);
                     }
                     j += 4;
                 }
@@ -149,8 +153,10 @@ mod imp {
                         d += 4;
                     }
                     out[j] = (vaddvq_f32(a) + tail(j)) * scale;
+                    mx = mx.max(out[j]);
                     j += 1;
                 }
+                mx
             }
         };
     }
@@ -268,6 +274,27 @@ mod imp {
         }
         for (o, &v) in y[i..].iter_mut().zip(&x[i..]) {
             *o = f16::from_f32(v);
+        }
+    }
+
+    #[target_feature(enable = "neon,fp16")]
+    pub(super) fn to_f32(x: &[f16], y: &mut [f32]) {
+        assert_eq!(
+            x.len(),
+            y.len(),
+            "to_f32: {} values into {}",
+            x.len(),
+            y.len()
+        );
+        let n = x.len();
+        let mut i = 0;
+        while i + 4 <= n {
+            // SAFETY: i + 4 <= n: 4 f16 readable at x[i], 4 f32 writable at y[i].
+            unsafe { vst1q_f32(y.as_mut_ptr().add(i), load_f16(x.as_ptr().add(i))) };
+            i += 4;
+        }
+        for (o, &v) in y[i..].iter_mut().zip(&x[i..]) {
+            *o = v.to_f32();
         }
     }
 }

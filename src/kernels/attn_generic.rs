@@ -14,6 +14,7 @@ pub static SCALAR: AttnKernels = AttnKernels {
     accum_f16,
     exp_sum,
     to_f16,
+    to_f32,
 };
 
 /// Checks `k: [out.len(), hd]` for `q: [hd]`; panics (a bug) otherwise.
@@ -32,20 +33,27 @@ pub(crate) fn check_accum(p: usize, v: usize, out: usize) {
     );
 }
 
-pub fn scores_f32(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) {
+pub fn scores_f32(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) -> f32 {
     check_scores(q.len(), k.len(), out.len());
     for (o, kj) in out.iter_mut().zip(k.chunks_exact(q.len())) {
         let dot: f32 = q.iter().zip(kj).map(|(a, b)| a * b).sum();
         *o = dot * scale;
     }
+    max_of(out)
 }
 
-pub fn scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) {
+pub fn scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) -> f32 {
     check_scores(q.len(), k.len(), out.len());
     for (o, kj) in out.iter_mut().zip(k.chunks_exact(q.len())) {
         let dot: f32 = q.iter().zip(kj).map(|(a, b)| a * b.to_f32()).sum();
         *o = dot * scale;
     }
+    max_of(out)
+}
+
+/// The largest value, NaNs skipped (-inf for none).
+pub(crate) fn max_of(x: &[f32]) -> f32 {
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 pub fn accum_f32(p: &[f32], v: &[f32], out: &mut [f32]) {
@@ -85,5 +93,18 @@ pub fn to_f16(x: &[f32], y: &mut [f16]) {
     );
     for (o, &v) in y.iter_mut().zip(x) {
         *o = f16::from_f32(v);
+    }
+}
+
+pub fn to_f32(x: &[f16], y: &mut [f32]) {
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "to_f32: {} values into {}",
+        x.len(),
+        y.len()
+    );
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = v.to_f32();
     }
 }

@@ -5,8 +5,8 @@
 //!   the head at a time over two keys per step; exp with a Cephes polynomial;
 //!   f32 -> f16 with `vcvtps2ph` (round to nearest even, as the scalar twin).
 //! - `avx512`: AVX-512 F/BW/VL for scores and accumulation, 16 lanes with masked
-//!   loads for a head_dim that is not a multiple of 16; exp and the f16 store are
-//!   the AVX2 ones (they are not the bottleneck).
+//!   loads for a head_dim that is not a multiple of 16; exp 16 lanes wide (the AVX2
+//!   polynomial); the f16 store is the AVX2 one (it is not the bottleneck).
 //!
 //! Every function with `#[target_feature]` is private and checks the lengths it
 //! relies on; the tables are only handed out by [`avx2`] / [`avx512`] after the CPU
@@ -43,6 +43,7 @@ static AVX2: AttnKernels = AttnKernels {
     accum_f16: w256::accum_f16,
     exp_sum: w256::exp_sum,
     to_f16: w256::to_f16,
+    to_f32: w256::to_f32,
 };
 
 static AVX512: AttnKernels = AttnKernels {
@@ -51,8 +52,9 @@ static AVX512: AttnKernels = AttnKernels {
     scores_f16: w512::scores_f16,
     accum_f32: w512::accum_f32,
     accum_f16: w512::accum_f16,
-    exp_sum: w256::exp_sum,
+    exp_sum: w512::exp_sum,
     to_f16: w256::to_f16,
+    to_f32: w256::to_f32,
 };
 
 /// Safe entry points over the `#[target_feature]` functions of a submodule.
@@ -76,12 +78,13 @@ mod w256 {
     use super::*;
 
     wrap!("avx2",
-        scores_f32(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]);
-        scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]);
+        scores_f32(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) -> f32;
+        scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) -> f32;
         accum_f32(p: &[f32], v: &[f32], out: &mut [f32]);
         accum_f16(p: &[f32], v: &[f16], out: &mut [f32]);
         exp_sum(s: &mut [f32], max: f32) -> f32;
         to_f16(x: &[f32], y: &mut [f16]);
+        to_f32(x: &[f16], y: &mut [f32]);
     );
 
     pub(super) mod imp {
@@ -140,7 +143,7 @@ mod w256 {
         macro_rules! scores {
             ($name:ident, $t:ty, $load:expr, $to_f32:expr) => {
                 #[target_feature(enable = "avx2,fma,f16c")]
-                pub(crate) fn $name(q: &[f32], k: &[$t], scale: f32, out: &mut [f32]) {
+                pub(crate) fn $name(q: &[f32], k: &[$t], scale: f32, out: &mut [f32]) -> f32 {
                     check_scores(q.len(), k.len(), out.len());
                     let hd = q.len();
                     let hd8 = hd & !7;
@@ -151,6 +154,7 @@ mod w256 {
                         let kj = &k[j * hd..(j + 1) * hd];
                         (hd8..hd).map(|d| q[d] * $to_f32(kj[d])).sum()
                     };
+                    let mut mx = f32::NEG_INFINITY;
                     let mut j = 0;
                     while j + 4 <= n {
                         let mut a = [_mm256_setzero_ps(); 4];
@@ -171,6 +175,7 @@ mod w256 {
                         unsafe { _mm_storeu_ps(s.as_mut_ptr(), hsum4(a)) };
                         for (r, sr) in s.iter().enumerate() {
                             out[j + r] = (sr + tail(j + r)) * scale;
+                            mx = mx.max(out[j + r]);
                         }
                         j += 4;
                     }
@@ -189,8 +194,10 @@ mod w256 {
                             d += 8;
                         }
                         out[j] = (hsum1(a) + tail(j)) * scale;
+                        mx = mx.max(out[j]);
                         j += 1;
                     }
+                    mx
                 }
             };
         }
@@ -342,6 +349,30 @@ mod w256 {
                 *o = f16::from_f32(v);
             }
         }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) fn to_f32(x: &[f16], y: &mut [f32]) {
+            assert_eq!(
+                x.len(),
+                y.len(),
+                "to_f32: {} values into {}",
+                x.len(),
+                y.len()
+            );
+            let n = x.len();
+            let mut i = 0;
+            while i + 8 <= n {
+                // SAFETY: i + 8 <= n: 8 f16 (16 bytes) readable at x[i], 8 f32 writable at y[i].
+                unsafe {
+                    let v = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i).cast()));
+                    _mm256_storeu_ps(y.as_mut_ptr().add(i), v);
+                }
+                i += 8;
+            }
+            for (o, &v) in y[i..].iter_mut().zip(&x[i..]) {
+                *o = v.to_f32();
+            }
+        }
     }
 }
 
@@ -352,10 +383,11 @@ mod w512 {
     use super::*;
 
     wrap!("avx512",
-        scores_f32(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]);
-        scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]);
+        scores_f32(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) -> f32;
+        scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) -> f32;
         accum_f32(p: &[f32], v: &[f32], out: &mut [f32]);
         accum_f16(p: &[f32], v: &[f16], out: &mut [f32]);
+        exp_sum(s: &mut [f32], max: f32) -> f32;
     );
 
     mod imp {
@@ -370,12 +402,72 @@ mod w512 {
             _mm256_add_ps(_mm512_castps512_ps256(z), hi)
         }
 
+        /// 16-lane twin of the AVX2 `exp256` (same constants and steps).
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+        #[inline]
+        fn exp512(x: __m512) -> __m512 {
+            // min/max return their second operand when either is NaN: x survives.
+            let x = _mm512_min_ps(_mm512_set1_ps(88.0), x);
+            let x = _mm512_max_ps(_mm512_set1_ps(-88.376_26), x);
+            let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
+                _mm512_fmadd_ps(
+                    x,
+                    _mm512_set1_ps(std::f32::consts::LOG2_E),
+                    _mm512_set1_ps(0.5),
+                ),
+            );
+            let x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693_359_4), x);
+            let x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.121_944_4e-4), x);
+            let z = _mm512_mul_ps(x, x);
+            let mut y = _mm512_set1_ps(1.987_569_1e-4);
+            for c in [
+                1.398_199_9e-3,
+                8.333_452e-3,
+                4.166_579_6e-2,
+                0.166_666_65,
+                0.5,
+            ] {
+                y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(c));
+            }
+            let y = _mm512_add_ps(_mm512_fmadd_ps(y, z, x), _mm512_set1_ps(1.0));
+            let n = _mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127));
+            _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(n)))
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+        pub(crate) fn exp_sum(s: &mut [f32], max: f32) -> f32 {
+            let n = s.len();
+            let m = _mm512_set1_ps(max);
+            let mut acc = _mm512_setzero_ps();
+            let sp = s.as_mut_ptr();
+            let mut i = 0;
+            while i + 16 <= n {
+                // SAFETY: i + 16 <= n = s.len().
+                unsafe {
+                    let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sp.add(i)), m));
+                    _mm512_storeu_ps(sp.add(i), e);
+                    acc = _mm512_add_ps(acc, e);
+                }
+                i += 16;
+            }
+            if i < n {
+                let k: __mmask16 = ((1u32 << (n - i)) - 1) as __mmask16;
+                // SAFETY: masked loads/stores touch only s[i..n].
+                unsafe {
+                    let e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, sp.add(i)), m));
+                    _mm512_mask_storeu_ps(sp.add(i), k, e);
+                    acc = _mm512_mask_add_ps(acc, k, acc, e);
+                }
+            }
+            _mm512_reduce_add_ps(acc)
+        }
+
         /// `$load(ptr)` widens 16 values to f32, `$mload(mask, ptr)` the masked ones
         /// (masked-off lanes are 0 and are not read).
         macro_rules! scores {
             ($name:ident, $t:ty, $load:expr, $mload:expr) => {
                 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-                pub(crate) fn $name(q: &[f32], k: &[$t], scale: f32, out: &mut [f32]) {
+                pub(crate) fn $name(q: &[f32], k: &[$t], scale: f32, out: &mut [f32]) -> f32 {
                     check_scores(q.len(), k.len(), out.len());
                     let hd = q.len();
                     let hd16 = hd & !15;
@@ -415,18 +507,22 @@ mod w512 {
                         unsafe { _mm_storeu_ps(s.as_mut_ptr(), hsum4(a.map(|z| fold(z)))) };
                         s
                     };
+                    let mut mx = f32::NEG_INFINITY;
                     let mut j = 0;
                     while j + 4 <= n {
                         let s = dots(j, 4);
                         for r in 0..4 {
                             out[j + r] = s[r] * scale;
+                            mx = mx.max(out[j + r]);
                         }
                         j += 4;
                     }
                     while j < n {
                         out[j] = dots(j, 1)[0] * scale;
+                        mx = mx.max(out[j]);
                         j += 1;
                     }
+                    mx
                 }
             };
         }
