@@ -357,6 +357,27 @@ fn rope_scaling_is_rejected_not_dropped() {
 }
 
 #[test]
+fn sliding_window_that_applies_is_rejected_not_ignored() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen2);
+    s.write(dir.path());
+    let mut cfg = s.config();
+    cfg["use_sliding_window"] = json!(true);
+    cfg["sliding_window"] = json!(4);
+    cfg["max_window_layers"] = json!(0);
+    write_json(&dir.join("config.json"), &cfg);
+    expect_error(
+        dir.path(),
+        &["config.json", "sliding", "sliding_window = 4"],
+    );
+    // explicit layer_types count too
+    cfg["max_window_layers"] = json!(99);
+    cfg["layer_types"] = json!(["full_attention", "sliding_attention"]);
+    write_json(&dir.join("config.json"), &cfg);
+    expect_error(dir.path(), &["config.json", "sliding", "layer_types"]);
+}
+
+#[test]
 fn qwen1_specials_must_fit_vocab() {
     // 261 ranks + 3 named specials need vocab_size >= 264.
     let mut s = Spec::new(Arch::Qwen);
@@ -379,14 +400,23 @@ fn output_must_be_a_regular_file_or_missing() {
     let o = convert(dir.path(), &link, "q4_0", &[]);
     assert_one_line_error(&o, &["link.qbin", "not a regular file"]);
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // a FIFO (as /dev/null is a device): refused, left as it is
     let fifo = out_dir.join("fifo");
-    let st = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(st.success());
     let o = convert(dir.path(), &fifo, "q4_0", &[]);
     assert_one_line_error(&o, &["fifo", "not a regular file"]);
-    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
     // an existing regular file is replaced
     let old = out_dir.join("old.qbin");
     std::fs::write(&old, b"old").unwrap();

@@ -57,9 +57,9 @@ struct Args {
     /// System prompt for chat.
     #[arg(long)]
     system: Option<String>,
-    /// Tokens to generate at most (default: until end of text or a full context).
-    #[arg(short = 'n', long = "n-predict")]
-    n_predict: Option<usize>,
+    /// Tokens to generate at most (default, -1 or -2: until end of text or a full context).
+    #[arg(short = 'n', long = "n-predict", allow_negative_numbers = true)]
+    n_predict: Option<i64>,
     /// Sampling temperature; 0 = greedy.
     #[arg(long)]
     temp: Option<f32>,
@@ -71,14 +71,16 @@ struct Args {
     min_p: Option<f32>,
     #[arg(long)]
     repeat_penalty: Option<f32>,
-    #[arg(long)]
-    repeat_last_n: Option<usize>,
+    /// Tokens the repeat penalty looks back over (0 = off, -1 = the whole context;
+    /// default 64, or the whole context for a penalty from the file's HF generation config).
+    #[arg(long, allow_negative_numbers = true)]
+    repeat_last_n: Option<i64>,
     /// Stop generating when this text appears (repeatable).
     #[arg(long)]
     stop: Vec<String>,
-    /// Random seed for sampling.
-    #[arg(long)]
-    seed: Option<u64>,
+    /// Random seed for sampling (default or -1: a random one; -v prints it).
+    #[arg(short = 's', long, allow_negative_numbers = true)]
+    seed: Option<i64>,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
@@ -275,7 +277,7 @@ fn run(args: Args) -> Res<ExitCode> {
             .ok_or("--mode generate needs -p PROMPT")?;
         let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
         let n_ctx = context_size(&args, cfg.n_ctx_train, 0)?;
-        let params = sampler_params(&args, &g)?;
+        let params = sampler_params(&args, &g, n_ctx)?;
         return generate(&model, &tok, &g, &args, prompt, n_ctx, params)
             .map(|()| ExitCode::SUCCESS);
     }
@@ -288,7 +290,7 @@ fn run(args: Args) -> Res<ExitCode> {
     }
     let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
     let n_ctx = context_size(&args, cfg.n_ctx_train, 0)?;
-    let params = sampler_params(&args, &g)?;
+    let params = sampler_params(&args, &g, n_ctx)?;
     chat(&model, &tok, &g, &args, n_ctx, params).map(|()| ExitCode::SUCCESS)
 }
 
@@ -358,14 +360,7 @@ fn dump_logits(
         write_layers(dir, &traces)?;
     }
     let logits = &st.logits[..ids.len() * model.config.n_vocab];
-    let f =
-        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    qwen::npy::write_f32(
-        io::BufWriter::new(f),
-        &[ids.len(), model.config.n_vocab],
-        logits,
-    )
-    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    qwen::npy::write_f32_file(out, &[ids.len(), model.config.n_vocab], logits)?;
     eprintln!(
         "evaluated {} tokens in {:.3} s ({:.1} tokens/s); logits [{}, {}] -> {}",
         ids.len(),
@@ -429,22 +424,9 @@ fn tokenize_mode(tok: &Tokenizer, encode: bool) -> Res<()> {
     Ok(())
 }
 
-/// Generation defaults the file carries (qwen_rs.generation.*).
-fn file_defaults(g: &Gguf) -> Res<GenerationDefaults> {
-    let f = |k: &str| g.get_f32(k).map_err(|e| format!("metadata key '{k}': {e}"));
-    Ok(GenerationDefaults {
-        temperature: f("qwen_rs.generation.temperature")?,
-        top_p: f("qwen_rs.generation.top_p")?,
-        top_k: g
-            .get_u32("qwen_rs.generation.top_k")
-            .map_err(|e| format!("metadata key 'qwen_rs.generation.top_k': {e}"))?,
-        repetition_penalty: f("qwen_rs.generation.repetition_penalty")?,
-    })
-}
-
-/// File defaults overridden by the command line.
-fn sampler_params(args: &Args, g: &Gguf) -> Res<SamplerParams> {
-    let mut p = SamplerParams::with_file_defaults(&file_defaults(g)?);
+/// File defaults overridden by the command line; `n_ctx` bounds the penalty window.
+fn sampler_params(args: &Args, g: &Gguf, n_ctx: usize) -> Res<SamplerParams> {
+    let mut p = SamplerParams::with_file_defaults(&GenerationDefaults::from_gguf(g)?);
     if let Some(v) = args.temp {
         p.temperature = v;
     }
@@ -460,14 +442,49 @@ fn sampler_params(args: &Args, g: &Gguf) -> Res<SamplerParams> {
     if let Some(v) = args.repeat_penalty {
         p.repeat_penalty = v;
     }
-    if let Some(v) = args.repeat_last_n {
-        p.repeat_last_n = v;
+    match args.repeat_last_n {
+        None => {}
+        Some(-1) => p.repeat_last_n = n_ctx,
+        Some(n) => {
+            p.repeat_last_n = usize::try_from(n).map_err(|_| {
+                format!("--repeat-last-n {n}: use 0 (off), -1 (whole context) or a count")
+            })?
+        }
     }
-    if let Some(v) = args.seed {
-        p.seed = v;
+    p.repeat_last_n = p.repeat_last_n.min(n_ctx);
+    p.seed = match args.seed {
+        None | Some(-1) => random_seed(),
+        Some(s) => {
+            u64::try_from(s).map_err(|_| format!("--seed {s}: use -1 (random) or a number >= 0"))?
+        }
+    };
+    if args.verbose {
+        eprintln!("seed: {}", p.seed);
     }
     p.validate().map_err(|e| e.to_string())?;
     Ok(p)
+}
+
+/// A seed from the clock and the process id (llama.cpp's default seed is random too).
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut h = t ^ (u64::from(std::process::id()) << 32);
+    // splitmix64 finaliser: nearby clocks give unrelated seeds.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (h ^ (h >> 31)) & 0xffff_ffff
+}
+
+/// -n: None = no limit (-1 and -2, llama.cpp's "infinite" and "until the context is full").
+fn n_predict(args: &Args) -> Res<Option<usize>> {
+    match args.n_predict {
+        None | Some(-1) | Some(-2) => Ok(None),
+        Some(n) => usize::try_from(n).map(Some).map_err(|_| {
+            format!("-n {n}: use a count, -1 (no limit) or -2 (until the context is full)")
+        }),
+    }
 }
 
 /// Ids that end generation: the tokenizer's eos ids (the file's eos and
@@ -593,7 +610,7 @@ fn generate(
         text: String::new(),
         printed: 0,
     };
-    let max_new = args.n_predict.unwrap_or(usize::MAX);
+    let max_new = n_predict(args)?.unwrap_or(usize::MAX);
     let mut pos = ids.len();
     let mut n_gen = 0usize;
     let t1 = Instant::now();
@@ -669,7 +686,7 @@ fn chat(
         system: args.system.clone(),
         prompt: args.prompt.clone(),
         interactive: args.interactive,
-        n_predict: args.n_predict,
+        n_predict: n_predict(args)?,
         stop: args.stop.clone(),
         sampler: params,
         n_ctx,
