@@ -482,7 +482,8 @@ fn load_hf(dir: &Path, n_vocab: usize, cfg: &Config) -> Result<Vocab> {
         );
     }
     let tj = read_json(&path)?;
-    let model = tj.get("model").cloned().unwrap_or(Value::Null);
+    // Borrowed, not cloned: a 151k-token vocabulary is ~100 MB as serde_json values.
+    let model = tj.get("model").unwrap_or(&Value::Null);
     let mtype = model.get("type").and_then(Value::as_str);
     if mtype != Some("BPE") {
         bail!(
