@@ -312,17 +312,25 @@ impl<'a, 'm> Session<'a, 'm> {
         let keep = lcp.min(target.len().saturating_sub(1));
         self.evaluated.truncate(keep);
         let mut pos = keep;
+        let bar = crate::progress::PromptBar::new(target.len() - keep);
         while pos < target.len() {
             if interrupt.load(Ordering::Relaxed) {
+                bar.finish();
                 return Ok(None);
             }
             let end = (pos + self.batch).min(target.len());
-            self.model
+            if let Err(e) = self
+                .model
                 .forward(&mut self.state, &target[pos..end], pos, false)
-                .map_err(|e| e.to_string())?;
+            {
+                bar.finish();
+                return Err(e.to_string());
+            }
             self.evaluated.extend_from_slice(&target[pos..end]);
+            bar.inc(end - pos);
             pos = end;
         }
+        bar.finish();
         Ok(Some(target.len() - keep))
     }
 

@@ -29,7 +29,7 @@ impl PromptBar {
             ProgressDrawTarget::stderr_with_hz(10),
         );
         let style = ProgressStyle::with_template(
-            "prompt {bar:30} {pos}/{len} tokens ({per_sec}, eta {eta})",
+            "prompt {bar:30} {pos}/{len} tokens ({elapsed} elapsed, eta {eta})",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);

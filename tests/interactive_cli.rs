@@ -374,3 +374,59 @@ fn a_message_longer_than_the_context_is_a_one_line_error() {
         "{line}"
     );
 }
+
+#[test]
+fn long_prompt_shows_a_progress_bar_only_on_a_terminal() {
+    use portable_pty::{native_pty_system, CommandBuilder, PtySize};
+    let m = model();
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(40); // ~400 tokens
+    let args = [
+        "-f",
+        m.to_str().unwrap(),
+        "--mode",
+        "generate",
+        "-p",
+        prompt.as_str(),
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "-b",
+        "32",
+    ];
+    // Through pipes: stderr has the summary line, no bar.
+    let out = qwen_run().args(args).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("tokens ("), "bar drawn into a pipe: {err}");
+    // Under a terminal: the bar is drawn while the prompt is evaluated.
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: 50,
+            cols: 200,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .unwrap();
+    let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_qwen-run"));
+    cmd.args(args);
+    cmd.env("TERM", "xterm");
+    let mut child = pair.slave.spawn_command(cmd).unwrap();
+    drop(pair.slave);
+    let mut reader = pair.master.try_clone_reader().unwrap();
+    let screen = Screen(Arc::new(Mutex::new(Vec::new())));
+    let sink = screen.0.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let at = screen.wait_for("prompt ", 0, 60);
+    screen.wait_for(" tokens (", at, 60);
+    screen.wait_for("stopped:", at, 60);
+    assert!(child.wait().unwrap().success(), "{}", screen.text());
+}

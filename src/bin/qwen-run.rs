@@ -595,8 +595,7 @@ fn generate(
         .map_err(|e| e.to_string())?;
 
     let t0 = Instant::now();
-    let mut logits = model
-        .forward(&mut st, &ids, 0, false)
+    let mut logits = qwen::progress::forward_with_progress(model, &mut st, &ids, 0)
         .map_err(|e| e.to_string())?;
     let t_prompt = t0.elapsed().as_secs_f64();
     for &id in &ids {
