@@ -8,7 +8,7 @@
 //! decode a streaming GEMV).
 
 use crate::kernels::{
-    self, act_groups, ActQ8x4, FloatTileFn, Kernels, MAX_FLOAT_ROWS, MAX_TILE_TOKENS,
+    self, act_groups, ActQ8x4, FloatTileFn, Kernels, TileFn, MAX_TILE_ROWS, MAX_TILE_TOKENS,
 };
 use half::{bf16, f16};
 use quant_formats::block::QK;
@@ -240,7 +240,7 @@ impl Plan {
     #[allow(clippy::too_many_arguments)]
     fn run_q<W: Sync>(
         &self,
-        tile: fn(&[W], &[ActQ8x4], &mut [f32]),
+        tile: TileFn<W>,
         quantize: fn(&[f32], &mut [ActQ8x4]),
         w: &[W],
         x: &[f32],
@@ -298,8 +298,7 @@ impl Plan {
         debug_assert_eq!(w.len(), rows * n);
         let tile_t = self.tile_t;
         kernels::for_each_row_chunk(y, rows, n_tok, self.chunk, self.parallel, |mut out| {
-            let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_FLOAT_ROWS];
-            let mut col = [0.0f32; MAX_TILE_TOKENS];
+            let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_TILE_ROWS];
             let range = out.rows();
             let mut t0 = 0;
             while t0 < n_tok {
@@ -307,14 +306,10 @@ impl Plan {
                 let xs = &x[t0 * n..(t0 + nt) * n];
                 let mut r = range.start;
                 while r < range.end {
-                    let rr = MAX_FLOAT_ROWS.min(range.end - r);
-                    tile(&w[r * n..(r + rr) * n], rr, xs, &mut buf[..nt * rr]);
-                    for i in 0..rr {
-                        for (t, c) in col[..nt].iter_mut().enumerate() {
-                            *c = buf[t * rr + i];
-                        }
-                        out.write(r + i, t0, &col[..nt]);
-                    }
+                    let rr = MAX_TILE_ROWS.min(range.end - r);
+                    let o = &mut buf[..nt * rr];
+                    tile(&w[r * n..(r + rr) * n], rr, xs, o);
+                    out.write_tile(r, rr, t0, o);
                     r += rr;
                 }
                 t0 += nt;
@@ -322,14 +317,14 @@ impl Plan {
         });
     }
 
-    /// `y` ([n_tok, rows]) from weights `w` ([rows, nb]) and activations `acts`
-    /// ([n_tok, per_tok]: f32 values, or q8 groups of 4 blocks).
-    fn run<W: Sync, A: Sync>(
+    /// `y` ([n_tok, rows]) from weights `w` ([rows, nb]) and q8 activations `acts`
+    /// ([n_tok, act_groups(nb)]): tiles of up to `MAX_TILE_ROWS` rows x `tile_t` tokens.
+    fn run<W: Sync>(
         &self,
-        tile: fn(&[W], &[A], &mut [f32]),
+        tile: TileFn<W>,
         w: &[W],
         nb: usize,
-        acts: &[A],
+        acts: &[ActQ8x4],
         y: &mut [f32],
         n_tok: usize,
     ) {
@@ -338,7 +333,8 @@ impl Plan {
         debug_assert_eq!(w.len(), rows * nb);
         let tile_t = self.tile_t;
         kernels::for_each_row_chunk(y, rows, n_tok, self.chunk, self.parallel, |mut out| {
-            let mut buf = [0.0f32; MAX_TILE_TOKENS];
+            let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_TILE_ROWS];
+            let range = out.rows();
             // Token blocks outside, rows inside: one block of activations (tile_t tokens)
             // stays in L1 while the chunk's weight rows (<= 256 rows, in L2 after the
             // first block) stream past it.
@@ -346,9 +342,13 @@ impl Plan {
             while t0 < n_tok {
                 let nt = tile_t.min(n_tok - t0);
                 let xs = &acts[t0 * per_tok..(t0 + nt) * per_tok];
-                for r in out.rows() {
-                    tile(&w[r * nb..(r + 1) * nb], xs, &mut buf[..nt]);
-                    out.write(r, t0, &buf[..nt]);
+                let mut r = range.start;
+                while r < range.end {
+                    let rr = MAX_TILE_ROWS.min(range.end - r);
+                    let o = &mut buf[..nt * rr];
+                    tile(&w[r * nb..(r + rr) * nb], rr, xs, o);
+                    out.write_tile(r, rr, t0, o);
+                    r += rr;
                 }
                 t0 += nt;
             }

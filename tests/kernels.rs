@@ -62,9 +62,10 @@ fn levels() -> Vec<&'static Kernels> {
             eprintln!("kernel level {l}: not available on this CPU/build, skipped");
         }
     }
+    // Every variant of every level (avx512 with and without VBMI, where the CPU has it).
     kernels::available()
         .into_iter()
-        .filter_map(kernels::table)
+        .flat_map(kernels::variants)
         .collect()
 }
 
@@ -257,7 +258,7 @@ fn dot_case<B: TestBlock>(seed: u64) {
         let x = acts(&mut rng, nb * QK);
         let xq = quantize(scalar, &x);
         let mut want = [0.0f32];
-        B::tile(scalar)(&w, &xq, &mut want);
+        B::tile(scalar)(&w, 1, &xq, &mut want);
         let (mag, serr) = bounds(&w, &xq);
         // Scalar vs the dequantized dot in f64; skipped when q8_1's f16 `s` overflowed
         // (huge scales; ggml overflows there too).
@@ -278,31 +279,47 @@ fn dot_case<B: TestBlock>(seed: u64) {
                 k.name
             );
             let mut got = [0.0f32];
-            B::tile(k)(&w, &xq, &mut got);
+            B::tile(k)(&w, 1, &xq, &mut got);
             check_close(
                 &format!("{name} {} vs scalar, nb={nb}", k.name),
                 got[0],
                 want[0] as f64,
                 1e-5 * mag + 1e-30,
             );
-            // Tiles of 1..=tile_tokens tokens agree with single scalar dots.
-            for nt in 1..=k.tile_tokens {
-                let xs: Vec<f32> = (0..nt).flat_map(|_| acts(&mut rng, nb * QK)).collect();
-                let xsq = quantize_rows(scalar, &xs, nt);
-                let ng = act_groups(nb);
-                let mut out = vec![0.0f32; nt];
-                B::tile(k)(&w, &xsq, &mut out);
-                for t in 0..nt {
-                    let xt = &xsq[t * ng..(t + 1) * ng];
-                    let mut one = [0.0f32];
-                    B::tile(scalar)(&w, xt, &mut one);
-                    let (mag, _) = bounds(&w, xt);
-                    check_close(
-                        &format!("{name} {} tile nt={nt} t={t} nb={nb}", k.name),
-                        out[t],
-                        one[0] as f64,
-                        1e-5 * mag + 1e-30,
-                    );
+            // Tiles of 1..=MAX_TILE_ROWS rows x 1..=tile_tokens tokens agree with single
+            // scalar dots, and each (row, token) equals the level's own 1x1 tile bit for
+            // bit (results do not depend on how a matmul splits rows and tokens).
+            let ng = act_groups(nb);
+            for rows in 1..=kernels::MAX_TILE_ROWS {
+                let ws: Vec<B> = (0..rows * nb).map(|_| B::random(&mut rng)).collect();
+                for nt in 1..=k.tile_tokens {
+                    let xs: Vec<f32> = (0..nt).flat_map(|_| acts(&mut rng, nb * QK)).collect();
+                    let xsq = quantize_rows(scalar, &xs, nt);
+                    let mut out = vec![0.0f32; nt * rows];
+                    B::tile(k)(&ws, rows, &xsq, &mut out);
+                    for t in 0..nt {
+                        let xt = &xsq[t * ng..(t + 1) * ng];
+                        for r in 0..rows {
+                            let wr = &ws[r * nb..(r + 1) * nb];
+                            let (mut one, mut own) = ([0.0f32], [0.0f32]);
+                            B::tile(scalar)(wr, 1, xt, &mut one);
+                            B::tile(k)(wr, 1, xt, &mut own);
+                            let (mag, _) = bounds(wr, xt);
+                            let what =
+                                format!("{name} {} tile {rows}x{nt} r={r} t={t} nb={nb}", k.name);
+                            check_close(
+                                &what,
+                                out[t * rows + r],
+                                one[0] as f64,
+                                1e-5 * mag + 1e-30,
+                            );
+                            assert_eq!(
+                                out[t * rows + r].to_bits(),
+                                own[0].to_bits(),
+                                "{what}: differs from the same level's 1x1 tile"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -615,6 +632,9 @@ fn matmul_matches_naive_loop() {
             for n_tok in [1usize, 2, 3, 7, 8, 17] {
                 let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
                 let (want, mag) = naive(dtype, bytes, rows, cols, &x, n_tok);
+                // Per level: the first result, which every thread count, variant and
+                // token-by-token run must reproduce bit for bit.
+                let mut first: Vec<(&str, Vec<f32>)> = Vec::new();
                 for threads in [1usize, 2] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
@@ -637,11 +657,43 @@ fn matmul_matches_naive_loop() {
                                 k.name
                             );
                         }
+                        let what = format!(
+                            "{dtype} {} {} {rows}x{cols} n_tok={n_tok} threads={threads}",
+                            k.name, k.variant
+                        );
+                        match first.iter().find(|(l, _)| *l == k.name) {
+                            Some((_, y0)) => assert!(
+                                bits(&y) == bits(y0),
+                                "{what}: differs from the level's first run"
+                            ),
+                            None => {
+                                // Token by token gives the same bits as the batch.
+                                let mut y1 = vec![f32::NAN; n_tok * rows];
+                                for t in 0..n_tok {
+                                    pool.install(|| {
+                                        matmul_with(
+                                            k,
+                                            &w,
+                                            &x[t * cols..(t + 1) * cols],
+                                            &mut y1[t * rows..(t + 1) * rows],
+                                            1,
+                                            &mut scratch,
+                                        )
+                                    });
+                                }
+                                assert!(bits(&y1) == bits(&y), "{what}: token by token differs");
+                                first.push((k.name, y));
+                            }
+                        }
                     }
                 }
             }
         }
     }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]

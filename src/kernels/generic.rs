@@ -15,6 +15,7 @@ use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0
 /// The scalar dispatch table.
 pub static SCALAR: Kernels = Kernels {
     name: "scalar",
+    variant: "",
     tile_tokens: 4,
     quantize: quantize_q8,
     q4_0: tile_q4_0,
@@ -200,36 +201,28 @@ pub fn vec_dot_bf16_f32(w: &[bf16], x: &[f32]) -> f32 {
     dot_widened(w, x, bf16::to_f32)
 }
 
-/// A tile kernel from a dot product: `out[t] = dot(w, x[t])`.
+/// A tile kernel from a dot product: `out[t * rows + r] = dot(w[r], x[t])`.
 macro_rules! tile_from_dot {
-    ($name:ident, $dot:ident, $w:ty, $a:ty, $per_row:expr) => {
-        #[doc = concat!("Tile of `", stringify!($dot), "`: `out[t] = dot(w, x[t])`.")]
-        pub fn $name(w: &[$w], x: &[$a], out: &mut [f32]) {
-            let per_row: usize = $per_row(w.len());
-            assert_eq!(
-                x.len(),
-                per_row * out.len(),
-                "tile: x has {} items, want {} x {}",
-                x.len(),
-                out.len(),
-                per_row
-            );
-            if per_row == 0 {
-                out.fill(0.0);
-                return;
-            }
-            for (o, xt) in out.iter_mut().zip(x.chunks_exact(per_row)) {
-                *o = $dot(w, xt);
+    ($name:ident, $dot:ident, $w:ty) => {
+        #[doc = concat!("Tile of `", stringify!($dot), "`: `out[t * rows + r] = dot(w[r], x[t])`.")]
+        pub fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
+            let (nb, nt) =
+                super::q_tile_shape(w.len(), rows, x.len(), out.len(), super::MAX_TILE_TOKENS);
+            let ng = act_groups(nb);
+            for t in 0..nt {
+                for r in 0..rows {
+                    out[t * rows + r] = $dot(&w[r * nb..(r + 1) * nb], &x[t * ng..(t + 1) * ng]);
+                }
             }
         }
     };
 }
 
-tile_from_dot!(tile_q4_0, vec_dot_q4_0, BlockQ4_0, ActQ8x4, act_groups);
-tile_from_dot!(tile_q4_1, vec_dot_q4_1, BlockQ4_1, ActQ8x4, act_groups);
-tile_from_dot!(tile_q5_0, vec_dot_q5_0, BlockQ5_0, ActQ8x4, act_groups);
-tile_from_dot!(tile_q5_1, vec_dot_q5_1, BlockQ5_1, ActQ8x4, act_groups);
-tile_from_dot!(tile_q8_0, vec_dot_q8_0, BlockQ8_0, ActQ8x4, act_groups);
+tile_from_dot!(tile_q4_0, vec_dot_q4_0, BlockQ4_0);
+tile_from_dot!(tile_q4_1, vec_dot_q4_1, BlockQ4_1);
+tile_from_dot!(tile_q5_0, vec_dot_q5_0, BlockQ5_0);
+tile_from_dot!(tile_q5_1, vec_dot_q5_1, BlockQ5_1);
+tile_from_dot!(tile_q8_0, vec_dot_q8_0, BlockQ8_0);
 
 /// A float tile from a dot product: `out[t * rows + r] = dot(w[r], x[t])`.
 macro_rules! float_tile_from_dot {

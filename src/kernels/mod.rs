@@ -99,15 +99,23 @@ pub const fn act_groups(nb: usize) -> usize {
     nb.div_ceil(4)
 }
 
-/// A tile kernel: one weight row against `out.len()` activation rows.
-///
-/// `w`: [nb] blocks of one weight row; `x`: [out.len(), act_groups(nb)] (token-major);
-/// `out[t] = dot(w, x[t])`. Requires `1 <= out.len() <= Kernels::tile_tokens` and
-/// matching lengths (checked; a violation panics, it is a bug).
-pub type TileFn<W> = fn(w: &[W], x: &[ActQ8x4], out: &mut [f32]);
+/// Most weight rows any tile kernel (quantized or float) takes in one call.
+pub const MAX_TILE_ROWS: usize = 4;
 
-/// Most weight rows a float tile takes in one call.
-pub const MAX_FLOAT_ROWS: usize = 4;
+/// Most weight rows a float tile takes in one call (= [`MAX_TILE_ROWS`]).
+pub const MAX_FLOAT_ROWS: usize = MAX_TILE_ROWS;
+
+/// A quantized tile: `rows` weight rows against `nt` tokens of q8 activations, so
+/// each activation group is loaded once for all rows and each weight block unpacked
+/// once for all tokens.
+///
+/// `w`: [rows, nb] blocks; `x`: [nt, act_groups(nb)] (token-major); `out`: [nt, rows]
+/// with `out[t * rows + r] = dot(w[r], x[t])`. Requires `1 <= rows <= MAX_TILE_ROWS`,
+/// `1 <= nt <= Kernels::tile_tokens` and matching lengths (checked; a violation
+/// panics, it is a bug). A row's result does not depend on `rows` or `nt` (each
+/// row and token is summed in the same order whatever tile it is part of), so
+/// results are identical however the matmul splits a matrix.
+pub type TileFn<W> = fn(w: &[W], rows: usize, x: &[ActQ8x4], out: &mut [f32]);
 
 /// A float tile: `rows` weight rows against `nt` tokens of f32 activations.
 /// `w`: [rows, n]; `x`: [nt, n]; `out`: [nt, rows] (`out[t * rows + r]`), with
@@ -119,6 +127,9 @@ pub type FloatTileFn<W> = fn(w: &[W], rows: usize, x: &[f32], out: &mut [f32]);
 pub struct Kernels {
     /// "scalar" | "avx2" | "avx512" | "neon".
     pub name: &'static str,
+    /// Which of the level's tables ("" when it has one; "vnni" or "vnni+vbmi" for
+    /// avx512). Variants give identical results.
+    pub variant: &'static str,
     /// Most tokens one tile call handles (<= [`MAX_TILE_TOKENS`]).
     pub tile_tokens: usize,
     /// f32 -> q8 activations (ggml's `_ref` rounding, q8_0 and q8_1 data at once);
@@ -148,6 +159,17 @@ pub fn table(level: &str) -> Option<&'static Kernels> {
         #[cfg(target_arch = "aarch64")]
         "neon" => aarch64::neon(),
         _ => None,
+    }
+}
+
+/// Every table of `level` this CPU supports (a level may have variants that differ
+/// only in how they compute, e.g. avx512 with and without VBMI), the one
+/// [`table`] picks last. Tests hold each against the scalar twin.
+pub fn variants(level: &str) -> Vec<&'static Kernels> {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => x86::avx512_variants(),
+        _ => table(level).into_iter().collect(),
     }
 }
 
@@ -254,9 +276,9 @@ impl Kernels {
     }
 }
 
-fn dot1<W, A>(f: fn(&[W], &[A], &mut [f32]), w: &[W], x: &[A]) -> f32 {
+fn dot1<W>(f: TileFn<W>, w: &[W], x: &[ActQ8x4]) -> f32 {
     let mut out = [0.0f32];
-    f(w, x, &mut out);
+    f(w, 1, x, &mut out);
     out[0]
 }
 
@@ -264,6 +286,29 @@ fn fdot1<W>(f: FloatTileFn<W>, w: &[W], x: &[f32]) -> f32 {
     let mut out = [0.0f32];
     f(w, 1, x, &mut out);
     out[0]
+}
+
+/// Checks a quantized tile's shapes; returns (nb, nt). Panics (a bug) when they do not fit.
+pub(crate) fn q_tile_shape(
+    w_len: usize,
+    rows: usize,
+    x_len: usize,
+    out_len: usize,
+    max_nt: usize,
+) -> (usize, usize) {
+    assert!(
+        (1..=MAX_TILE_ROWS).contains(&rows),
+        "tile: {rows} rows (max {MAX_TILE_ROWS})"
+    );
+    let (nb, nt) = (w_len / rows, out_len / rows);
+    assert!(
+        w_len == nb * rows
+            && out_len == nt * rows
+            && (1..=max_nt).contains(&nt)
+            && x_len == nt * act_groups(nb),
+        "tile: {w_len} blocks, {rows} rows, {x_len} activation groups, {out_len} outputs (max {max_nt} tokens)"
+    );
+    (nb, nt)
 }
 
 /// Checks a float tile's shapes; returns (n, nt). Panics (a bug) when they do not fit.

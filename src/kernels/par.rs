@@ -48,6 +48,40 @@ impl RowChunkOut<'_> {
     }
 }
 
+impl RowChunkOut<'_> {
+    /// A tile's results: `y[(t0 + t) * rows + r0 + r] = vals[t * n_rows + r]` for
+    /// `vals`: [nt, n_rows]. Panics (a bug) if the rows `r0..r0 + n_rows` are not all
+    /// this chunk's or the tokens run past `n_tok`.
+    #[inline]
+    pub fn write_tile(&mut self, r0: usize, n_rows: usize, t0: usize, vals: &[f32]) {
+        let nt = vals.len() / n_rows.max(1);
+        assert!(
+            n_rows > 0
+                && vals.len() == nt * n_rows
+                && self.r0 <= r0
+                && r0 + n_rows <= self.r1
+                && t0 + nt <= self.n_tok,
+            "rows {r0}+{n_rows} tokens {t0}+{nt} outside chunk {}..{} x {}",
+            self.r0,
+            self.r1,
+            self.n_tok
+        );
+        for (t, v) in vals.chunks_exact(n_rows).enumerate() {
+            // SAFETY: r0 + n_rows <= r1 <= rows and t0 + t < n_tok (checked above), so
+            // the n_rows elements from (t0 + t) * rows + r0 are inside y (len n_tok *
+            // rows, checked in for_each_row_chunk); those rows belong to this chunk
+            // only, so no other thread writes them.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    v.as_ptr(),
+                    self.ptr.add((t0 + t) * self.rows + r0),
+                    n_rows,
+                )
+            };
+        }
+    }
+}
+
 /// Calls `f` once per chunk of `chunk` rows of `y` ([n_tok, rows]), in parallel on
 /// rayon's current pool (or inline when `parallel` is false). Panics (a bug) if
 /// `y.len() != n_tok * rows` or `chunk == 0`.
