@@ -10,7 +10,7 @@ use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0
 use quant_formats::reference;
 use quant_formats::GgmlType;
 use qwen::kernels::{self, act_groups, generic, ActQ8x4, Kernels};
-use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
+use qwen::matmul::{matmul_multi_with, matmul_with, MatmulScratch, QMatrix};
 
 /// splitmix64: seeded, reproducible test data.
 struct Rng(u64);
@@ -694,6 +694,101 @@ fn matmul_matches_naive_loop() {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn quantizers_report_non_finite() {
+    let mut rng = Rng(5);
+    for k in levels() {
+        for nb in [1usize, 3, 5, 28] {
+            let x = acts(&mut rng, nb * QK);
+            let mut y = vec![ActQ8x4::default(); act_groups(nb)];
+            assert!((k.quantize)(&x, &mut y), "{} nb={nb}: finite input", k.name);
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for pos in [0, nb * QK / 2, nb * QK - 1] {
+                    let mut xb = x.clone();
+                    xb[pos] = bad;
+                    assert!(
+                        !(k.quantize)(&xb, &mut y),
+                        "{} nb={nb}: {bad} at {pos} not reported",
+                        k.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A fused call equals one call per matrix, bit for bit, for mixed types, any
+/// thread count and token count; a non-finite activation makes every output NaN.
+#[test]
+fn matmul_multi_matches_separate_calls() {
+    let mut rng = Rng(21);
+    let cols = 256;
+    let shapes = [
+        (GgmlType::Q4_0, 96),
+        (GgmlType::Q8_0, 20),
+        (GgmlType::F16, 36),
+        (GgmlType::Q5_1, 300),
+    ];
+    let datas: Vec<Vec<u32>> = shapes
+        .iter()
+        .map(|&(t, r)| {
+            random_matrix(&mut rng, t, r, cols)
+                .chunks(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        })
+        .collect();
+    let ws: Vec<QMatrix> = shapes
+        .iter()
+        .zip(&datas)
+        .map(|(&(t, r), d)| QMatrix::new("w", t, r, cols, bytemuck::cast_slice(d)).unwrap())
+        .collect();
+    let wr: Vec<&QMatrix> = ws.iter().collect();
+    for n_tok in [1usize, 3, 9] {
+        let mut x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+        for threads in [1usize, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for k in levels() {
+                let mut scratch = MatmulScratch::new(4, cols);
+                let mut sep: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0; n_tok * w.rows]).collect();
+                let mut fused = sep.clone();
+                pool.install(|| {
+                    for (w, y) in ws.iter().zip(sep.iter_mut()) {
+                        matmul_with(k, w, &x, y, n_tok, &mut scratch);
+                    }
+                    let mut ys: Vec<&mut [f32]> =
+                        fused.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    matmul_multi_with(k, &wr, &x, &mut ys, n_tok, &mut scratch);
+                });
+                for (i, (a, b)) in sep.iter().zip(&fused).enumerate() {
+                    assert!(
+                        bits(a) == bits(b),
+                        "{} {} n_tok={n_tok} threads={threads}: matrix {i} differs",
+                        k.name,
+                        k.variant
+                    );
+                }
+                // A NaN in the last token: every output of every matrix is NaN.
+                x[n_tok * cols - 1] = f32::NAN;
+                pool.install(|| {
+                    let mut ys: Vec<&mut [f32]> =
+                        fused.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    matmul_multi_with(k, &wr, &x, &mut ys, n_tok, &mut scratch);
+                });
+                assert!(
+                    fused.iter().flatten().all(|v| v.is_nan()),
+                    "{} n_tok={n_tok}: NaN activation not propagated",
+                    k.name
+                );
+                x[n_tok * cols - 1] = 0.5;
+            }
+        }
+    }
 }
 
 #[test]

@@ -63,8 +63,9 @@ pub fn store_block(g: &mut ActQ8x4, b: usize, d: f32, qs: &[i8; 32], sum: i32, s
     g.s[b] = s;
 }
 
-/// Activations -> q8 groups; `x`: [32 * nb], `y`: [act_groups(nb)]; blocks past nb zeroed.
-pub fn quantize_q8(x: &[f32], y: &mut [ActQ8x4]) {
+/// Activations -> q8 groups; `x`: [32 * nb], `y`: [act_groups(nb)]; blocks past nb
+/// zeroed. Returns whether every value of `x` is finite.
+pub fn quantize_q8(x: &[f32], y: &mut [ActQ8x4]) -> bool {
     let nb = x.len() / QK;
     assert!(
         x.len().is_multiple_of(QK) && y.len() == act_groups(nb),
@@ -72,14 +73,17 @@ pub fn quantize_q8(x: &[f32], y: &mut [ActQ8x4]) {
         x.len(),
         y.len()
     );
+    let mut finite = true;
     for (g, xg) in y.iter_mut().zip(x.chunks(4 * QK)) {
         *g = ActQ8x4::default();
         for (b, xb) in xg.chunks_exact(QK).enumerate() {
+            finite &= xb.iter().all(|v| v.is_finite());
             let (d, qs, s) = quantize_block(xb);
             let sum = qs.iter().map(|&q| q as i32).sum();
             store_block(g, b, d, &qs, sum, s);
         }
     }
+    finite
 }
 
 /// Σ w_j · y_j over one block with integer weights `wq` (element order).

@@ -26,7 +26,7 @@ mod par;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use par::{for_each_row_chunk, RowChunkOut};
+pub use par::{for_each_row_chunk, for_each_row_chunk_multi, RowChunkOut};
 
 use half::{bf16, f16};
 use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
@@ -133,8 +133,10 @@ pub struct Kernels {
     /// Most tokens one tile call handles (<= [`MAX_TILE_TOKENS`]).
     pub tile_tokens: usize,
     /// f32 -> q8 activations (ggml's `_ref` rounding, q8_0 and q8_1 data at once);
-    /// `x`: [32 * nb], `y`: [act_groups(nb)] with `nb = x.len() / 32`.
-    pub quantize: fn(x: &[f32], y: &mut [ActQ8x4]),
+    /// `x`: [32 * nb], `y`: [act_groups(nb)] with `nb = x.len() / 32`. Returns whether
+    /// every value of `x` was finite (if not, `y` holds meaningless codes): the
+    /// matmul's NaN check rides on this pass over the activations.
+    pub quantize: fn(x: &[f32], y: &mut [ActQ8x4]) -> bool,
     pub q4_0: TileFn<BlockQ4_0>,
     pub q4_1: TileFn<BlockQ4_1>,
     pub q5_0: TileFn<BlockQ5_0>,

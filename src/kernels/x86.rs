@@ -1254,10 +1254,11 @@ mod avx512_impl {
 // (ggml's `_ref` rounding: d = amax/127, q = round-half-away(x/d), not the
 // round-half-even of ggml's own AVX2 quantizer).
 
-/// One block -> (f16 scale, 32 codes, sum of codes, unrounded f32 scale).
+/// One block -> (f16 scale, 32 codes, sum of codes, unrounded f32 scale, all values
+/// finite).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32) {
+fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32, bool) {
     assert_eq!(xb.len(), QK);
     let p = xb.as_ptr();
     // SAFETY: xb has 32 readable f32.
@@ -1269,6 +1270,13 @@ fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32) {
             _mm256_loadu_ps(p.add(24)),
         ]
     };
+    // x * 0 is NaN exactly for NaN and infinite x (max below may drop a NaN).
+    let z = _mm256_setzero_ps();
+    let nan = _mm256_add_ps(
+        _mm256_add_ps(_mm256_mul_ps(v[0], z), _mm256_mul_ps(v[1], z)),
+        _mm256_add_ps(_mm256_mul_ps(v[2], z), _mm256_mul_ps(v[3], z)),
+    );
+    let finite = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(nan, nan)) == 0;
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_andnot_ps(sign, v[0]);
     for vi in &v[1..] {
@@ -1316,23 +1324,26 @@ fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32) {
     unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), bytes) };
     let dh =
         _mm_extract_epi16::<0>(_mm_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm_set_ss(d))) as u16;
-    (f16::from_bits(dh), out, isum, d)
+    (f16::from_bits(dh), out, isum, d, finite)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quantize_t(x: &[f32], y: &mut [ActQ8x4]) {
+fn quantize_t(x: &[f32], y: &mut [ActQ8x4]) -> bool {
+    let mut all_finite = true;
     for (g, xg) in y.iter_mut().zip(x.chunks(4 * QK)) {
         *g = ActQ8x4::default();
         for (b, xb) in xg.chunks_exact(QK).enumerate() {
-            let (d, qs, sum, d32) = quantize_block(xb);
+            let (d, qs, sum, d32, finite) = quantize_block(xb);
+            all_finite &= finite;
             // s = f16(sum * d) with the unrounded f32 d, as quantize_row_q8_1_ref.
             let s = f16::from_f32(sum as f32 * d32);
             generic::store_block(g, b, f16_to_f32(d), &qs, sum, f16_to_f32(s));
         }
     }
+    all_finite
 }
 
-fn quantize_avx2(x: &[f32], y: &mut [ActQ8x4]) {
+fn quantize_avx2(x: &[f32], y: &mut [ActQ8x4]) -> bool {
     let nb = x.len() / QK;
     assert!(
         x.len().is_multiple_of(QK) && y.len() == act_groups(nb),
