@@ -11,7 +11,7 @@
 use half::f16;
 use quant_formats::GgmlType;
 use qwen::kernels;
-use qwen::matmul::{matmul, matmul_with, MatmulScratch, QMatrix};
+use qwen::matmul::{matmul, matmul_multi_with, matmul_with, MatmulScratch, QMatrix};
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -293,8 +293,11 @@ fn kernels_from_l2() {
     }
 }
 
-/// The level's variants (e.g. avx512 with and without VBMI) on the whole decode step (2 threads), interleaved step by step
-/// so that both see the same machine; fastest step of each.
+/// The level's variants (e.g. avx512 with and without VBMI) on the whole decode step,
+/// each as 169 separate calls and as 97 calls with q/k/v and gate/up fused
+/// ([`qwen::matmul::matmul_multi`]; the difference is the cost of 72 parallel
+/// dispatches), interleaved step by step so that all see the same machine; fastest
+/// step of each. `QWEN_SPEED_THREADS` sets the pool size (default 2).
 #[test]
 #[ignore = "timing; run by hand on a quiet machine"]
 fn decode_ab() {
@@ -308,29 +311,62 @@ fn decode_ab() {
     let mut y = vec![0.0f32; 151936];
     let mut scratch = MatmulScratch::new(1, ff.max(e));
     let vs = kernels::variants(kernels::level());
-    let cfgs: Vec<usize> = (0..vs.len()).collect();
+    let cfgs: Vec<(usize, bool)> = (0..vs.len())
+        .flat_map(|v| [(v, false), (v, true)])
+        .collect();
     let mut best = vec![Duration::MAX; cfgs.len()];
     let threads: usize = std::env::var("QWEN_SPEED_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
+    let n_layer_mats = qs.len() - 1;
     pool(threads).install(|| {
         for _ in 0..steps() {
-            for (i, &v) in cfgs.iter().enumerate() {
+            for (i, &(v, fused)) in cfgs.iter().enumerate() {
+                let k = vs[v];
                 let t = Instant::now();
-                for m in &qs {
-                    matmul_with(vs[v], m, &x[..m.cols], &mut y[..m.rows], 1, &mut scratch);
+                if fused {
+                    for l in qs[..n_layer_mats].chunks_exact(7) {
+                        let (a, rest) = y.split_at_mut(l[0].rows);
+                        let (b, c) = rest.split_at_mut(l[1].rows);
+                        let xs = &x[..e];
+                        let mut ys = [a, b, &mut c[..l[2].rows]];
+                        matmul_multi_with(k, &[&l[0], &l[1], &l[2]], xs, &mut ys, 1, &mut scratch);
+                        matmul_with(k, &l[3], xs, &mut y[..l[3].rows], 1, &mut scratch);
+                        let (a, b) = y.split_at_mut(l[4].rows);
+                        let mut ys = [a, &mut b[..l[5].rows]];
+                        matmul_multi_with(k, &[&l[4], &l[5]], xs, &mut ys, 1, &mut scratch);
+                        matmul_with(
+                            k,
+                            &l[6],
+                            &x[..l[6].cols],
+                            &mut y[..l[6].rows],
+                            1,
+                            &mut scratch,
+                        );
+                    }
+                    let m = &qs[n_layer_mats];
+                    matmul_with(k, m, &x[..m.cols], &mut y[..m.rows], 1, &mut scratch);
+                } else {
+                    for m in &qs {
+                        matmul_with(k, m, &x[..m.cols], &mut y[..m.rows], 1, &mut scratch);
+                    }
                 }
                 best[i] = best[i].min(t.elapsed());
             }
         }
     });
-    for (i, &v) in cfgs.iter().enumerate() {
+    for (i, &(v, fused)) in cfgs.iter().enumerate() {
         println!(
-            "{name} {:?} {} {} {threads} threads: step {:.2} ms, {:.1} GB/s",
+            "{name} {:?} {} {} {threads} threads {}: step {:.2} ms, {:.1} GB/s",
             layer_type(),
             vs[v].name,
             vs[v].variant,
+            if fused {
+                "fused qkv/gate-up"
+            } else {
+                "separate calls"
+            },
             best[i].as_secs_f64() * 1e3,
             bytes as f64 / best[i].as_secs_f64() / 1e9
         );

@@ -162,6 +162,19 @@ const PREFETCH: usize = 3072;
 fn prefetch<T>(p: *const T) {
     _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH));
 }
+
+/// Prefetches every cache line of the `LEN` bytes from `p` (never faults, even past
+/// the end of the data).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_span<const LEN: usize>(p: *const i8) {
+    let mut o = 0;
+    while o < LEN {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o));
+        o += 64;
+    }
+}
+
 /// Sum of the 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -1045,11 +1058,17 @@ mod avx512_impl {
                 let mut accm = [[_mm_setzero_ps(); NT]; R];
                 // Scale of block b to i32 lanes 4b..4b+4.
                 let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                // Prefetch: the same group of the next tile (the R rows after these,
+                // next in memory), every line of it, one tile's time ahead. (A fixed
+                // distance would land inside this tile when R rows outgrow it.)
+                let ahead = R * nb * std::mem::size_of::<$w>();
                 for gi in 0..full {
                     let mut gs = [Group::ZERO; R];
                     for (r, g) in gs.iter_mut().enumerate() {
                         let wb = &w[r * nb + 4 * gi..r * nb + 4 * gi + 4];
-                        prefetch(wb.as_ptr());
+                        prefetch_span::<{ 4 * std::mem::size_of::<$w>() }>(
+                            wb.as_ptr().cast::<i8>().wrapping_add(ahead),
+                        );
                         *g = $unpack(wb.try_into().unwrap_or_else(|_| unreachable!()));
                     }
                     for t in 0..NT {
