@@ -14,7 +14,7 @@ use quant_formats::gguf::Gguf;
 pub use crate::config::{Arch, Config};
 pub use crate::error::ModelError;
 use crate::kernels::attn::{self, AttnKernels, KvElem};
-use crate::matmul::{matmul, MatmulScratch, QMatrix};
+use crate::matmul::{matmul, matmul_multi, MatmulScratch, QMatrix};
 use crate::ops;
 pub use crate::ops::RopeStyle;
 pub use crate::state::{KvCache, KvType, State, Trace};
@@ -314,30 +314,24 @@ impl<'a> Model<'a> {
                     bk,
                     bv,
                 } => {
-                    proj(
-                        q,
-                        xb,
+                    // One quantization of xb and one parallel dispatch for all three.
+                    let (yq, yk, yv) = (
                         &mut st.q[..t * qd],
-                        t,
-                        bq.as_deref(),
-                        &mut st.scratch,
-                    );
-                    proj(
-                        k,
-                        xb,
                         &mut st.k[..t * kvd],
-                        t,
-                        bk.as_deref(),
-                        &mut st.scratch,
-                    );
-                    proj(
-                        v,
-                        xb,
                         &mut st.v[..t * kvd],
+                    );
+                    matmul_multi(
+                        &[q, k, v],
+                        xb,
+                        &mut [&mut *yq, &mut *yk, &mut *yv],
                         t,
-                        bv.as_deref(),
                         &mut st.scratch,
                     );
+                    for (y, b) in [(yq, bq), (yk, bk), (yv, bv)] {
+                        if let Some(b) = b {
+                            ops::add_bias_rows(y, b);
+                        }
+                    }
                 }
             }
             let q = &mut st.q[..t * qd];
@@ -438,17 +432,10 @@ impl<'a> Model<'a> {
                     eps,
                 );
             }
-            matmul(
-                &lw.ffn_gate,
+            matmul_multi(
+                &[&lw.ffn_gate, &lw.ffn_up],
                 &st.xb[..t * e],
-                &mut st.hb[..t * ff],
-                t,
-                &mut st.scratch,
-            );
-            matmul(
-                &lw.ffn_up,
-                &st.xb[..t * e],
-                &mut st.hb2[..t * ff],
+                &mut [&mut st.hb[..t * ff], &mut st.hb2[..t * ff]],
                 t,
                 &mut st.scratch,
             );
