@@ -306,9 +306,7 @@ fn run_chunk(
         GgmlType::F32 => float_chunk(k.f32, cast(w), cols, xs, nt, tile_t, out),
         GgmlType::F16 => float_chunk(k.f16, cast::<f16>(w), cols, xs, nt, tile_t, out),
         GgmlType::Bf16 => float_chunk(k.bf16, cast::<bf16>(w), cols, xs, nt, tile_t, out),
-        GgmlType::Q8_0 => {
-            q_chunk::<quant_formats::block::BlockQ8_0>(k.q8_0, cast(w), nb, acts, nt, tile_t, out)
-        }
+        GgmlType::Q8_0 => q_chunk(k.q8_0, cast(w), nb, acts, nt, tile_t, out),
         GgmlType::Q4_0 => q_chunk(k.q4_0, cast(w), nb, acts, nt, tile_t, out),
         GgmlType::Q5_0 => q_chunk(k.q5_0, cast(w), nb, acts, nt, tile_t, out),
         GgmlType::Q4_1 => q_chunk(k.q4_1, cast(w), nb, acts, nt, tile_t, out),
@@ -331,7 +329,6 @@ fn q_chunk<W>(
     let per_tok = acts.len() / nt;
     let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_TILE_ROWS];
     let range = out.rows();
-
     // Token blocks outside, rows inside: one block of activations (tile_t tokens)
     // stays in L1 while the chunk's weight rows (<= 256 rows, in L2 after the first
     // block) stream past it.
