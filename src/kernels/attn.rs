@@ -16,7 +16,10 @@
 //! max and sum per (query, head) (online softmax), the output rescaled when the
 //! max grows. One parallel dispatch per call over (KV head x block of [`QUERY_BLOCK`]
 //! query tokens); a task serves every query head of its KV group, so each key
-//! block is read from memory once and reused from L1 by all of them.
+//! block is read from memory once and reused from L1 by all of them. An f16
+//! block read by two or more query rows is widened to f32 once per task (exact),
+//! so the f16 -> f32 conversion is not repeated per head; small calls (a decode
+//! step at a short context) run on the calling thread.
 
 #[cfg(target_arch = "aarch64")]
 #[path = "attn_aarch64.rs"]
