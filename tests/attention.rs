@@ -2,6 +2,11 @@
 //! scalar twin (odd head sizes and key counts, seeded data), the scalar twin
 //! against an f64 softmax, the KV cache types, and the CLI spelling of them.
 
+#[path = "forward_common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+
 use half::f16;
 use qwen::kernels::attn::{self, AttnDims, AttnKernels, AttnScratch, KvElem};
 use qwen::model::KvType;
@@ -513,4 +518,73 @@ fn kv_type_names() {
             "x"
         ]
     );
+}
+
+fn qwen_bench_json(model: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_qwen-bench"));
+    let mut args = vec![
+        model.to_str().unwrap(),
+        "-p",
+        "5",
+        "-n",
+        "3",
+        "-r",
+        "1",
+        "--json",
+    ];
+    args.splice(0..0, ["-f"]);
+    args.extend_from_slice(extra);
+    let o = common::run(&bin, &args);
+    common::ok(&o, "qwen-bench --json");
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn cli_kv_types_and_bytes() {
+    let t = common::Tiny::new("qwen2");
+    let model = t.write(&common::scratch("attention"), "cli_kv_types");
+    // n_ctx = p + n = 8 positions, [n_layer, n_kv, 8, head_dim] per K and per V.
+    let elems = (t.n_layer * t.n_kv * 8 * t.head_dim) as u64;
+    for (extra, k, v, bytes) in [
+        (&[][..], "f32", "f32", elems * 8), // an f32 file: f32 by default
+        (&["-ctk", "f16"][..], "f16", "f16", elems * 4), // V follows K
+        (&["-ctk", "f16", "-ctv", "f32"][..], "f16", "f32", elems * 6),
+        (
+            &["--cache-type-k", "F32", "--cache-type-v", "f16"][..],
+            "f32",
+            "f16",
+            elems * 6,
+        ),
+    ] {
+        let j = qwen_bench_json(&model, extra);
+        assert_eq!(j["cache_type_k"], k, "{extra:?}: {j}");
+        assert_eq!(j["cache_type_v"], v, "{extra:?}: {j}");
+        assert_eq!(j["kv_cache_bytes"].as_u64(), Some(bytes), "{extra:?}: {j}");
+    }
+    // Logits with an f16 cache stay close to the f32 cache's.
+    let dir = common::scratch("attention");
+    let ids = [3u32, 1, 4, 1, 5, 9, 2, 6];
+    let (_, a) = common::dump_logits(&model, &ids, &dir.join("kv_f32.npy"), &[]);
+    let (_, b) = common::dump_logits(&model, &ids, &dir.join("kv_f16.npy"), &["-ctk", "f16"]);
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let m = a.iter().fold(0f32, |acc, x| acc.max(x.abs()));
+    assert!(
+        d > 0.0 && d < 1e-2 * (1.0 + m),
+        "f16 vs f32 KV: max diff {d}, max |logit| {m}"
+    );
+    // Any other type is a one-line error naming it and the allowed ones.
+    for bin in [
+        common::qwen_run(),
+        PathBuf::from(env!("CARGO_BIN_EXE_qwen-bench")),
+    ] {
+        let o = common::run(&bin, &["-f", model.to_str().unwrap(), "-ctv", "q8_0"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("'q8_0'") && err.contains("f16, f32"), "{err}");
+    }
 }
