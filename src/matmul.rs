@@ -8,8 +8,8 @@
 //! decode a streaming GEMV).
 
 use crate::kernels::{
-    self, act_groups, ActQ8x4, FloatTileFn, Kernels, RowChunkOut, TileFn, MAX_TILE_ROWS,
-    MAX_TILE_TOKENS,
+    self, act_groups, generic, ActGemm, ActQ8x4, FloatTileFn, GemmFn, GemmRows, Kernels,
+    RowChunkOut, TileFn, GEMM_ROWS, GEMM_TOKENS, MAX_TILE_ROWS, MAX_TILE_TOKENS,
 };
 use half::{bf16, f16};
 use quant_formats::block::QK;
@@ -108,6 +108,9 @@ pub struct MatmulScratch {
     max_cols: usize,
     /// [max_tokens, act_groups(max_cols / 32)]
     acts: Vec<ActQ8x4>,
+    /// The same activations for the prefill GEMM: [max_tokens / 16 (rounded up),
+    /// max_cols / 32] token blocks of [`ActGemm`]; empty when the level has no GEMM.
+    gemm: Vec<ActGemm>,
 }
 
 impl MatmulScratch {
@@ -120,6 +123,15 @@ impl MatmulScratch {
             max_tokens,
             max_cols,
             acts: vec![ActQ8x4::default(); max_tokens * ng],
+            gemm: if kernels::LEVELS
+                .iter()
+                .any(|l| kernels::table(l).is_some_and(|k| k.gemm.is_some()))
+                && max_tokens >= GEMM_TOKENS
+            {
+                vec![ActGemm::default(); max_tokens.div_ceil(GEMM_TOKENS) * max_cols.div_ceil(QK)]
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -260,6 +272,31 @@ pub fn matmul_multi_with(
             }
         }
         let acts = &*acts;
+        // Blocks of 16+ tokens against q4_0/q5_0/q8_0 weights: the GEMM layout too.
+        let nb = cols / QK;
+        let use_gemm = k.gemm.is_some()
+            && nt >= GEMM_TOKENS
+            && nb <= MAX_GEMM_BLOCKS
+            && ws.iter().any(|w| gemm_unpack_kind(w.dtype))
+            && scratch.gemm.len() >= nt.div_ceil(GEMM_TOKENS) * nb;
+        let gx = &mut scratch.gemm[..if use_gemm {
+            nt.div_ceil(GEMM_TOKENS) * nb
+        } else {
+            0
+        }];
+        if use_gemm {
+            let build = |(tb, gb): (usize, &mut [ActGemm])| {
+                let tn = GEMM_TOKENS.min(nt - tb * GEMM_TOKENS);
+                let a = &acts[tb * GEMM_TOKENS * ng..(tb * GEMM_TOKENS + tn) * ng];
+                kernels::gemm_acts(a, tn, gb);
+            };
+            if parallel {
+                gx.par_chunks_mut(nb).enumerate().for_each(build);
+            } else {
+                gx.chunks_mut(nb).enumerate().for_each(build);
+            }
+        }
+        let gx = &*gx;
         kernels::for_each_row_chunk_multi(
             ys,
             &rows[..n],
@@ -267,7 +304,7 @@ pub fn matmul_multi_with(
             t0..t0 + nt,
             &chunks[..n],
             parallel,
-            |i, mut out| run_chunk(k, ws[i], xs, acts, nt, tile_t, &mut out),
+            |i, mut out| run_chunk(k, ws[i], xs, acts, gx, nt, tile_t, &mut out),
         );
     }
     if parallel {
@@ -290,33 +327,97 @@ fn chunk_rows(rows: usize, cols: usize, threads: usize) -> usize {
         .next_multiple_of(MAX_TILE_ROWS)
 }
 
+/// Most blocks per row the GEMM path takes (its unpacked rows live on the stack).
+const MAX_GEMM_BLOCKS: usize = 512;
+
+/// Whether `dtype` unpacks to the GEMM's `d * code` form.
+fn gemm_unpack_kind(dtype: GgmlType) -> bool {
+    matches!(dtype, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+}
+
 /// One chunk of rows of `w` for the `nt` tokens of this round: `xs` ([nt, cols] f32)
-/// for float weights, `acts` ([nt, act_groups(cols / 32)] q8) for quantized ones.
+/// for float weights, `acts` ([nt, act_groups(cols / 32)] q8) for quantized ones,
+/// `gx` (the same in GEMM token blocks, or empty) for the GEMM.
+#[allow(clippy::too_many_arguments)]
 fn run_chunk(
     k: &Kernels,
     w: &QMatrix,
     xs: &[f32],
     acts: &[ActQ8x4],
+    gx: &[ActGemm],
     nt: usize,
     tile_t: usize,
     out: &mut RowChunkOut,
 ) {
     let (cols, nb) = (w.cols, w.cols / QK);
-    match w.dtype {
-        GgmlType::F32 => float_chunk(k.f32, cast(w), cols, xs, nt, tile_t, out),
-        GgmlType::F16 => float_chunk(k.f16, cast::<f16>(w), cols, xs, nt, tile_t, out),
-        GgmlType::Bf16 => float_chunk(k.bf16, cast::<bf16>(w), cols, xs, nt, tile_t, out),
-        GgmlType::Q8_0 => q_chunk(k.q8_0, cast(w), nb, acts, nt, tile_t, out),
-        GgmlType::Q4_0 => q_chunk(k.q4_0, cast(w), nb, acts, nt, tile_t, out),
-        GgmlType::Q5_0 => q_chunk(k.q5_0, cast(w), nb, acts, nt, tile_t, out),
-        GgmlType::Q4_1 => q_chunk(k.q4_1, cast(w), nb, acts, nt, tile_t, out),
-        GgmlType::Q5_1 => q_chunk(k.q5_1, cast(w), nb, acts, nt, tile_t, out),
-        other => panic!("matmul: type {other} passed QMatrix::new but has no kernel"),
+    let rows = out.rows();
+    let gemm = k.gemm.filter(|_| !gx.is_empty());
+    match (w.dtype, gemm) {
+        (GgmlType::F32, _) => float_chunk(k.f32, cast(w), cols, xs, nt, tile_t, out),
+        (GgmlType::F16, _) => float_chunk(k.f16, cast::<f16>(w), cols, xs, nt, tile_t, out),
+        (GgmlType::Bf16, _) => float_chunk(k.bf16, cast::<bf16>(w), cols, xs, nt, tile_t, out),
+        (GgmlType::Q8_0, Some(g)) => {
+            let r = gemm_chunk(g, generic::unpack_gemm_q8_0, cast(w), nb, gx, nt, out);
+            q_chunk(k.q8_0, cast(w), nb, acts, nt, tile_t, r..rows.end, out)
+        }
+        (GgmlType::Q4_0, Some(g)) => {
+            let r = gemm_chunk(g, generic::unpack_gemm_q4_0, cast(w), nb, gx, nt, out);
+            q_chunk(k.q4_0, cast(w), nb, acts, nt, tile_t, r..rows.end, out)
+        }
+        (GgmlType::Q5_0, Some(g)) => {
+            let r = gemm_chunk(g, generic::unpack_gemm_q5_0, cast(w), nb, gx, nt, out);
+            q_chunk(k.q5_0, cast(w), nb, acts, nt, tile_t, r..rows.end, out)
+        }
+        (GgmlType::Q8_0, None) => q_chunk(k.q8_0, cast(w), nb, acts, nt, tile_t, rows, out),
+        (GgmlType::Q4_0, None) => q_chunk(k.q4_0, cast(w), nb, acts, nt, tile_t, rows, out),
+        (GgmlType::Q5_0, None) => q_chunk(k.q5_0, cast(w), nb, acts, nt, tile_t, rows, out),
+        (GgmlType::Q4_1, _) => q_chunk(k.q4_1, cast(w), nb, acts, nt, tile_t, rows, out),
+        (GgmlType::Q5_1, _) => q_chunk(k.q5_1, cast(w), nb, acts, nt, tile_t, rows, out),
+        (other, _) => panic!("matmul: type {other} passed QMatrix::new but has no kernel"),
     }
 }
 
+/// The chunk's rows in groups of [`GEMM_ROWS`] through the GEMM: each group unpacked
+/// once (on the stack) and run against every token block of `gx` ([nt / 16 rounded
+/// up, nb]). Returns the first row it did not do (the last few rows of a chunk that
+/// is not a multiple of 4 go to the tiles).
+fn gemm_chunk<W>(
+    gemm: GemmFn,
+    unpack: fn(&[W], usize, &mut [i8], &mut [i32], &mut [f32]),
+    w: &[W],
+    nb: usize,
+    gx: &[ActGemm],
+    nt: usize,
+    out: &mut RowChunkOut,
+) -> usize {
+    let range = out.rows();
+    let mut q = [0i8; GEMM_ROWS * MAX_GEMM_BLOCKS * 32];
+    let mut bias = [0i32; GEMM_ROWS * MAX_GEMM_BLOCKS];
+    let mut d = [0.0f32; GEMM_ROWS * MAX_GEMM_BLOCKS];
+    let mut buf = [0.0f32; GEMM_ROWS * GEMM_TOKENS];
+    let (q, bias, d) = (
+        &mut q[..GEMM_ROWS * nb * 32],
+        &mut bias[..GEMM_ROWS * nb],
+        &mut d[..GEMM_ROWS * nb],
+    );
+    let mut r = range.start;
+    while r + GEMM_ROWS <= range.end {
+        unpack(&w[r * nb..(r + GEMM_ROWS) * nb], nb, q, bias, d);
+        let rows = GemmRows { q, bias, d };
+        for (tb, xb) in gx.chunks_exact(nb).enumerate() {
+            gemm(&rows, xb, &mut buf);
+            let tn = GEMM_TOKENS.min(nt - tb * GEMM_TOKENS);
+            out.write_tile(r, GEMM_ROWS, tb * GEMM_TOKENS, &buf[..tn * GEMM_ROWS]);
+        }
+        r += GEMM_ROWS;
+    }
+    r
+}
+
 /// Quantized weights `w` ([rows, nb]) against q8 activations `acts` ([nt,
-/// act_groups(nb)]): tiles of up to `MAX_TILE_ROWS` rows x `tile_t` tokens.
+/// act_groups(nb)]), the chunk's rows `rows`: tiles of up to `MAX_TILE_ROWS` rows x
+/// `tile_t` tokens.
+#[allow(clippy::too_many_arguments)]
 fn q_chunk<W>(
     tile: TileFn<W>,
     w: &[W],
@@ -324,16 +425,16 @@ fn q_chunk<W>(
     acts: &[ActQ8x4],
     nt: usize,
     tile_t: usize,
+    range: std::ops::Range<usize>,
     out: &mut RowChunkOut,
 ) {
     let per_tok = acts.len() / nt;
     let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_TILE_ROWS];
-    let range = out.rows();
     // Token blocks outside, rows inside: one block of activations (tile_t tokens)
     // stays in L1 while the chunk's weight rows (<= 256 rows, in L2 after the first
     // block) stream past it.
     let mut t0 = 0;
-    while t0 < nt {
+    while t0 < nt && !range.is_empty() {
         let tb = tile_t.min(nt - t0);
         let xs = &acts[t0 * per_tok..(t0 + tb) * per_tok];
         let mut r = range.start;

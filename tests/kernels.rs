@@ -791,6 +791,107 @@ fn matmul_multi_matches_separate_calls() {
     }
 }
 
+/// The GEMM of every level that has one equals the scalar twin bit for bit, and the
+/// twin equals the dequantized dot (f64) to rounding; matmul through the GEMM (16+
+/// tokens per round) equals the naive loop to rounding, the same with 1 and 2 threads.
+#[test]
+fn gemm_matches_scalar_twin() {
+    let mut rng = Rng(31);
+    for nb in [1usize, 2, 5, 28] {
+        // Unpacked rows as the GEMM takes them: codes in -128..127 (q8_0's range and
+        // beyond), random scales.
+        let q: Vec<i8> = (0..4 * nb * 32).map(|_| rng.byte() as i8).collect();
+        let bias: Vec<i32> = q
+            .chunks(32)
+            .map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        let d: Vec<f32> = (0..4 * nb).map(|_| rng.scale().to_f32()).collect();
+        let w = kernels::GemmRows {
+            q: &q,
+            bias: &bias,
+            d: &d,
+        };
+        for nt in [1usize, 7, 16] {
+            let x = acts(&mut rng, nt * nb * QK);
+            let xq = quantize_rows(&generic::SCALAR, &x, nt);
+            let mut gx = vec![kernels::ActGemm::default(); nb];
+            kernels::gemm_acts(&xq, nt, &mut gx);
+            let mut want = vec![0.0f32; 64];
+            generic::gemm(&w, &gx, &mut want);
+            for t in 0..nt {
+                for r in 0..4 {
+                    let ng = act_groups(nb);
+                    let (mut exact, mut mag) = (0.0f64, 0.0f64);
+                    for b in 0..nb {
+                        let g = &xq[t * ng + b / 4];
+                        let codes = g.codes(b % 4);
+                        let isum: i64 = (0..32)
+                            .map(|j| q[(r * nb + b) * 32 + j] as i64 * codes[j] as i64)
+                            .sum();
+                        let v = isum as f64 * d[r * nb + b] as f64 * g.d[b % 4] as f64;
+                        exact += v;
+                        mag += v.abs();
+                    }
+                    let got = want[t * 4 + r] as f64;
+                    if mag < f32::MAX as f64 / 4.0 {
+                        assert!(
+                            (got - exact).abs() <= 1e-5 * mag + 1e-30,
+                            "scalar gemm nb={nb} t={t} r={r}: {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+            for k in levels() {
+                if let Some(g) = k.gemm {
+                    let mut got = vec![0.0f32; 64];
+                    g(&w, &gx, &mut got);
+                    assert!(
+                        bits(&got) == bits(&want),
+                        "{} {} gemm nb={nb} nt={nt} differs from the scalar twin",
+                        k.name,
+                        k.variant
+                    );
+                }
+            }
+        }
+    }
+    // Through matmul: q4_0, q5_0, q8_0 at 40 tokens (two full token blocks and a part).
+    for dtype in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+        let (rows, cols, n_tok) = (70, 320, 40);
+        let data: Vec<u32> = random_matrix(&mut rng, dtype, rows, cols)
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let data: &[u8] = bytemuck::cast_slice(&data);
+        let w = QMatrix::new("test", dtype, rows, cols, data).unwrap();
+        let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+        let (want, mag) = naive(dtype, data, rows, cols, &x, n_tok);
+        for k in levels() {
+            let mut first: Option<Vec<f32>> = None;
+            for threads in [1usize, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut scratch = MatmulScratch::new(64, cols);
+                let mut y = vec![f32::NAN; n_tok * rows];
+                pool.install(|| matmul_with(k, &w, &x, &mut y, n_tok, &mut scratch));
+                for (i, (&g, &e)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - e as f64).abs() <= 1e-5 * mag[i] + 1e-30,
+                        "{dtype} {} n_tok={n_tok} threads={threads}: y[{i}] = {g}, naive {e}",
+                        k.name
+                    );
+                }
+                match &first {
+                    Some(y0) => assert!(bits(&y) == bits(y0), "{dtype} {}: threads differ", k.name),
+                    None => first = Some(y),
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn qmatrix_rejects_bad_shapes() {
     let data = vec![0u8; 18 * 4];

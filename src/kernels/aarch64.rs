@@ -37,6 +37,7 @@ static NEON: Kernels = Kernels {
     f32: f32_tile,
     f16: f16_tile,
     bf16: bf16_tile,
+    gemm: None,
 };
 
 /// `acc + sum of 4 neighbouring i8 products` per i32 lane (`sdot`).

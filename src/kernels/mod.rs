@@ -145,6 +145,92 @@ pub struct Kernels {
     pub f32: FloatTileFn<f32>,
     pub f16: FloatTileFn<f16>,
     pub bf16: FloatTileFn<bf16>,
+    /// The prefill GEMM (see [`GemmFn`]) where this level has one; `None`: blocks of
+    /// tokens go through the tiles.
+    pub gemm: Option<GemmFn>,
+}
+
+/// Tokens per GEMM token block (the 16 i32 lanes of a zmm register).
+pub const GEMM_TOKENS: usize = 16;
+
+/// Rows per GEMM call.
+pub const GEMM_ROWS: usize = 4;
+
+/// One weight block's q8 activations for a block of [`GEMM_TOKENS`] tokens, laid out
+/// for a GEMM that broadcasts 4 weight codes against 16 tokens at a time:
+/// `q[k][4 * t + j]` = code `4k + j` of token `t`, plus 128 (as u8, so that `vpdpbusd`
+/// can take it as its unsigned operand); `d[t]` = token t's block scale (0 for the
+/// padding tokens of a partial block, whose codes are 128).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ActGemm {
+    pub q: [[u8; 64]; 8],
+    pub d: [f32; 16],
+}
+const _: () = assert!(std::mem::size_of::<ActGemm>() == 576);
+
+impl Default for ActGemm {
+    fn default() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+/// Weight rows unpacked for the GEMM: for each of [`GEMM_ROWS`] rows and each of its
+/// `nb` blocks, the 32 codes as signed bytes in element order (`q`: [rows, nb, 32]),
+/// `-128 * sum(codes)` (`bias`: [rows, nb], undoes the +128 of the activations) and
+/// the block scale (`d`: [rows, nb]). Weight types whose value is `d * code`
+/// (q4_0, q5_0, q8_0) unpack to this; see `generic::unpack_gemm_*`.
+#[derive(Debug)]
+pub struct GemmRows<'a> {
+    pub q: &'a [i8],
+    pub bias: &'a [i32],
+    pub d: &'a [f32],
+}
+
+/// GEMM of [`GEMM_ROWS`] unpacked weight rows `w` ([rows, nb]) against one token block
+/// `x` ([nb] of [`ActGemm`]): `out[t * GEMM_ROWS + r]` ([16, 4]) =
+/// `sum over blocks b, in order, of f32(isum(r, b, t)) * (d_w * d_x)` with one fused
+/// multiply-add per block, isum the exact integer dot of the block's codes. The
+/// scalar twin is `generic::gemm`; SIMD levels equal it bit for bit. (The sum order
+/// differs from the tiles', so a token's prefill result may differ from its decode
+/// result in the last bits.)
+pub type GemmFn = fn(w: &GemmRows, x: &[ActGemm], out: &mut [f32]);
+
+/// Builds token block `x` ([nb] of [`ActGemm`]) from up to 16 tokens of quantized
+/// activations `acts` ([nt, act_groups(nb)]); tokens past `nt` are padding (codes
+/// 128, scale 0). Panics (a bug) if `nt` is not in 1..=16 or lengths do not fit.
+pub fn gemm_acts(acts: &[ActQ8x4], nt: usize, x: &mut [ActGemm]) {
+    let nb = x.len();
+    let ng = act_groups(nb);
+    assert!(
+        (1..=GEMM_TOKENS).contains(&nt) && acts.len() == nt * ng,
+        "gemm_acts: {} groups for {nt} tokens x {nb} blocks",
+        acts.len()
+    );
+    for (b, xb) in x.iter_mut().enumerate() {
+        let (gi, bb) = (b / 4, b % 4);
+        for t in 0..GEMM_TOKENS {
+            if t < nt {
+                let g = &acts[t * ng + gi];
+                for k in 0..8 {
+                    let src = if k < 4 {
+                        &g.lo[16 * bb + 4 * k..16 * bb + 4 * k + 4]
+                    } else {
+                        &g.hi[16 * bb + 4 * (k - 4)..16 * bb + 4 * (k - 4) + 4]
+                    };
+                    for j in 0..4 {
+                        xb.q[k][4 * t + j] = (src[j] as u8) ^ 0x80;
+                    }
+                }
+                xb.d[t] = g.d[bb];
+            } else {
+                for k in 0..8 {
+                    xb.q[k][4 * t..4 * t + 4].fill(0x80);
+                }
+                xb.d[t] = 0.0;
+            }
+        }
+    }
 }
 
 /// Every level this build knows, best last. Whether the CPU has it is asked by [`table`].
@@ -288,6 +374,20 @@ fn fdot1<W>(f: FloatTileFn<W>, w: &[W], x: &[f32]) -> f32 {
     let mut out = [0.0f32];
     f(w, 1, x, &mut out);
     out[0]
+}
+
+/// Checks a GEMM call's shapes. Panics (a bug) when they do not fit.
+pub(crate) fn gemm_shape(w: &GemmRows, nb: usize, out_len: usize) {
+    assert!(
+        w.q.len() == GEMM_ROWS * nb * 32
+            && w.bias.len() == GEMM_ROWS * nb
+            && w.d.len() == GEMM_ROWS * nb
+            && out_len == GEMM_ROWS * GEMM_TOKENS,
+        "gemm: {} codes, {} sums, {} scales for {GEMM_ROWS} rows x {nb} blocks, {out_len} outputs",
+        w.q.len(),
+        w.bias.len(),
+        w.d.len()
+    );
 }
 
 /// Checks a quantized tile's shapes; returns (nb, nt). Panics (a bug) when they do not fit.

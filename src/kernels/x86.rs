@@ -19,7 +19,7 @@
 //! A tile handles one weight row against up to `tile_tokens` tokens: each weight
 //! block is unpacked once and multiplied with every token's block.
 
-use super::{act_groups, generic, ActQ8x4, Kernels};
+use super::{act_groups, generic, ActGemm, ActQ8x4, GemmRows, Kernels, GEMM_ROWS, GEMM_TOKENS};
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
@@ -77,6 +77,7 @@ static AVX2: Kernels = Kernels {
     f32: avx2_impl::f32,
     f16: avx2_impl::f16,
     bf16: avx2_impl::bf16,
+    gemm: None,
 };
 
 static AVX512: Kernels = Kernels {
@@ -93,6 +94,7 @@ static AVX512: Kernels = Kernels {
     f32: avx512_impl::f32,
     f16: avx512_impl::f16,
     bf16: avx512_impl::bf16,
+    gemm: Some(gemm_avx512),
 };
 
 /// [`AVX512`] with the weight groups unpacked by VBMI byte permutes (same results).
@@ -1266,6 +1268,63 @@ mod avx512_impl {
     pub(super) use q8_0::{tile as q8_0, tile_v as q8_0_v};
 
     float_tiles_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", 8);
+}
+
+// ---------------------------------------------------------------------------
+// Prefill GEMM: 4 rows x 16 tokens per call, tokens in the 16 i32 lanes. Per weight
+// block and 4-code chunk k, one `vpdpbusd` per row multiplies the token block's
+// chunk-k bytes (64: 4 per token) by the row's 4 codes broadcast from memory; after
+// the 8 chunks each lane holds the block's exact integer dot for its token, which is
+// scaled and added with one FMA, in block order (bit-identical to `generic::gemm`).
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemm_t(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    let nb = x.len();
+    super::gemm_shape(w, nb, out.len());
+    let mut f = [_mm512_setzero_ps(); GEMM_ROWS];
+    for (b, xb) in x.iter().enumerate() {
+        let mut acc = [_mm512_setzero_si512(); GEMM_ROWS];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_set1_epi32(w.bias[r * nb + b]);
+        }
+        for k in 0..8 {
+            // SAFETY: q[k] is 64 bytes at a 64-byte aligned offset of an ActGemm.
+            let xv = unsafe { _mm512_load_si512(xb.q[k].as_ptr().cast()) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: r < 4, b < nb, k < 8: the 4 bytes at (r * nb + b) * 32 + 4k are
+                // inside q (len 4 * nb * 32, checked by gemm_shape).
+                let c = unsafe {
+                    w.q.as_ptr()
+                        .add((r * nb + b) * 32 + 4 * k)
+                        .cast::<i32>()
+                        .read_unaligned()
+                };
+                *a = _mm512_dpbusd_epi32(*a, xv, _mm512_set1_epi32(c));
+            }
+        }
+        // SAFETY: d is 64 bytes at offset 512 (64-aligned) of an ActGemm.
+        let dx = unsafe { _mm512_load_ps(xb.d.as_ptr()) };
+        for (r, fr) in f.iter_mut().enumerate() {
+            let sc = _mm512_mul_ps(_mm512_set1_ps(w.d[r * nb + b]), dx);
+            *fr = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), sc, *fr);
+        }
+    }
+    let mut t = [[0.0f32; GEMM_TOKENS]; GEMM_ROWS];
+    for (r, fr) in f.iter().enumerate() {
+        // SAFETY: t[r] is 16 writable f32; storeu has no alignment need.
+        unsafe { _mm512_storeu_ps(t[r].as_mut_ptr(), *fr) };
+    }
+    for tok in 0..GEMM_TOKENS {
+        for r in 0..GEMM_ROWS {
+            out[tok * GEMM_ROWS + r] = t[r][tok];
+        }
+    }
+}
+
+fn gemm_avx512(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    // SAFETY: only reachable through the tables `avx512()` returns after checking
+    // AVX2/FMA/F16C and AVX-512 F/BW/VL/VNNI; shapes are checked inside.
+    unsafe { gemm_t(w, x, out) }
 }
 
 // ---------------------------------------------------------------------------
