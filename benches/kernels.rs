@@ -5,8 +5,9 @@
 //! - `read_bandwidth`: sum of a 1 GiB buffer with 2 threads (wide loads and the kernels'
 //!   prefetch): the memory read bandwidth that bounds decode (bytes of weights per
 //!   token / bandwidth = best step time).
-//! - `kernel_decode/<level>/<type>`: the tile kernels alone (no threads, activations
-//!   quantized beforehand), one token, a 512x896 matrix that stays in L2: GB/s of weights.
+//! - `kernel_decode/<level>/<type>`: the tile kernels alone (4 rows per call, no threads,
+//!   activations quantized beforehand), one token, a 512x896 matrix that stays in L2:
+//!   GB/s of weights.
 //! - `kernel_prefill/<level>/<type>`: the same against 64 tokens: GFLOP/s (criterion's
 //!   "elem/s" counts flops: 2 per multiply-add).
 //! - `matvec_0.5b/<type>`: the 24 layers of Qwen2.5-0.5B-shaped matrices (q 896x896,
@@ -101,10 +102,10 @@ fn read_bandwidth(c: &mut Criterion) {
     g.finish();
 }
 
-/// One tile call per (row, block of tokens) over a whole matrix, on this thread: the
-/// kernel alone, without matmul's threads or activation quantization.
+/// One tile call per (4 rows, block of tokens) over a whole matrix, on this thread:
+/// the kernel alone, without matmul's threads or activation quantization.
 fn run_tiles<W: bytemuck::Pod>(
-    tile: fn(&[W], &[ActQ8x4], &mut [f32]),
+    tile: kernels::TileFn<W>,
     w: &[W],
     nb: usize,
     acts: &[ActQ8x4],
@@ -117,8 +118,8 @@ fn run_tiles<W: bytemuck::Pod>(
     while t0 < n_tok {
         let nt = tile_t.min(n_tok - t0);
         let xs = &acts[t0 * ng..(t0 + nt) * ng];
-        for (r, wr) in w.chunks_exact(nb).enumerate() {
-            tile(wr, xs, &mut y[r * 8..r * 8 + nt]);
+        for (r, wr) in w.chunks_exact(4 * nb).enumerate() {
+            tile(wr, 4, xs, &mut y[r * 32..r * 32 + 4 * nt]);
         }
         t0 += nt;
     }

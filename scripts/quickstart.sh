@@ -9,8 +9,9 @@
 # Extra arguments go to qwen-run (e.g. --system "You are a pirate." --temp 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins
+cargo build --release -p qwen-rs -p qwen-convert --bins
 scripts/setup.sh
 model=assets/smollm2-135m-instruct.f16.qbin
-[ -f "$model" ] || target/release/qwen-convert -i assets/smollm2-hf -o "$model" -t f16
+# (Re)convert when missing or older than the converter just built.
+[ "$model" -nt target/release/qwen-convert ] || target/release/qwen-convert -i assets/smollm2-hf -o "$model" -t f16
 exec target/release/qwen-run -f "$model" -i "$@"

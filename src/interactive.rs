@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::chat::{ChatTemplate, Message};
 use crate::model::Model;
 use crate::sampler::{Sampler, SamplerParams};
-use crate::state::State;
+use crate::state::{KvType, State};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Everything `run` needs besides the model and the tokenizer.
@@ -191,10 +191,22 @@ pub struct Session<'a, 'm> {
 }
 
 impl<'a, 'm> Session<'a, 'm> {
+    /// A session over a KV cache of the model's default type ([`Model::default_kv_type`]).
     pub fn new(
         model: &'a Model<'m>,
         tok: &'a Tokenizer,
         opts: &'a ChatOptions,
+    ) -> Result<Self, String> {
+        let kv = model.default_kv_type();
+        Self::new_kv(model, tok, opts, (kv, kv))
+    }
+
+    /// As [`Session::new`] with the KV cache's element types (keys, values).
+    pub fn new_kv(
+        model: &'a Model<'m>,
+        tok: &'a Tokenizer,
+        opts: &'a ChatOptions,
+        (kt, vt): (KvType, KvType),
     ) -> Result<Self, String> {
         if opts.n_ctx < 2 {
             return Err(format!(
@@ -226,7 +238,9 @@ impl<'a, 'm> Session<'a, 'm> {
             model,
             tok,
             template: &opts.template,
-            state: model.new_state(opts.n_ctx, opts.batch_size.min(opts.n_ctx)),
+            state: model
+                .try_new_state_kv(opts.n_ctx, opts.batch_size.min(opts.n_ctx), kt, vt)
+                .map_err(|e| e.to_string())?,
             sampler: Sampler::new(opts.sampler).map_err(|e| e.to_string())?,
             system,
             turns: Vec::new(),
@@ -298,17 +312,25 @@ impl<'a, 'm> Session<'a, 'm> {
         let keep = lcp.min(target.len().saturating_sub(1));
         self.evaluated.truncate(keep);
         let mut pos = keep;
+        let bar = crate::progress::PromptBar::new(target.len() - keep);
         while pos < target.len() {
             if interrupt.load(Ordering::Relaxed) {
+                bar.finish();
                 return Ok(None);
             }
             let end = (pos + self.batch).min(target.len());
-            self.model
+            if let Err(e) = self
+                .model
                 .forward(&mut self.state, &target[pos..end], pos, false)
-                .map_err(|e| e.to_string())?;
+            {
+                bar.finish();
+                return Err(e.to_string());
+            }
             self.evaluated.extend_from_slice(&target[pos..end]);
+            bar.inc(end - pos);
             pos = end;
         }
+        bar.finish();
         Ok(Some(target.len() - keep))
     }
 
@@ -582,7 +604,18 @@ fn run_turn(session: &mut Session, user: &str, verbose: bool) -> Result<(), Stri
 /// history when stdin is a terminal, one line per turn when it is not (only replies go to stdout; EOF
 /// ends the program with success). Commands: `/exit`, `/reset`, `/system TEXT`.
 pub fn run(model: &Model, tokenizer: &Tokenizer, opts: &ChatOptions) -> Result<(), String> {
-    let mut session = Session::new(model, tokenizer, opts)?;
+    let kv = model.default_kv_type();
+    run_kv(model, tokenizer, opts, (kv, kv))
+}
+
+/// As [`run`] with the KV cache's element types (keys, values) (`-ctk` / `-ctv`).
+pub fn run_kv(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    opts: &ChatOptions,
+    kv: (KvType, KvType),
+) -> Result<(), String> {
+    let mut session = Session::new_kv(model, tokenizer, opts, kv)?;
     if let Err(e) = install_ctrl_c() {
         eprintln!("warning: {e}; Ctrl-C will end the program");
     }

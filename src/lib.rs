@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod model;
 pub mod npy;
 pub mod ops;
+pub mod progress;
 pub mod sampler;
 pub mod state;
 pub mod tokenizer;

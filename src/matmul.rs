@@ -8,7 +8,8 @@
 //! decode a streaming GEMV).
 
 use crate::kernels::{
-    self, act_groups, ActQ8x4, FloatTileFn, Kernels, MAX_FLOAT_ROWS, MAX_TILE_TOKENS,
+    self, act_groups, generic, ActGemm, ActQ8x4, FloatTileFn, GemmFn, GemmRows, Kernels,
+    RowChunkOut, TileFn, GEMM_ROWS, GEMM_TOKENS, MAX_TILE_ROWS, MAX_TILE_TOKENS,
 };
 use half::{bf16, f16};
 use quant_formats::block::QK;
@@ -112,6 +113,9 @@ pub struct MatmulScratch {
     max_cols: usize,
     /// [max_tokens, act_groups(max_cols / 32)]
     acts: Vec<ActQ8x4>,
+    /// The same activations for the prefill GEMM: [max_tokens / 16 (rounded up),
+    /// max_cols / 32] token blocks of [`ActGemm`]; empty when the level has no GEMM.
+    gemm: Vec<ActGemm>,
     /// q8_K activations for the K-quant types.
     kq: kernels::kq::KqScratch,
 }
@@ -126,10 +130,22 @@ impl MatmulScratch {
             max_tokens,
             max_cols,
             acts: vec![ActQ8x4::default(); max_tokens * ng],
+            gemm: if kernels::LEVELS
+                .iter()
+                .any(|l| kernels::table(l).is_some_and(|k| k.gemm.is_some()))
+                && max_tokens >= GEMM_TOKENS
+            {
+                vec![ActGemm::default(); max_tokens.div_ceil(GEMM_TOKENS) * max_cols.div_ceil(QK)]
+            } else {
+                Vec::new()
+            },
             kq: kernels::kq::KqScratch::new(max_tokens, max_cols),
         }
     }
 }
+
+/// Most matrices one [`matmul_multi`] call takes.
+pub const MAX_MULTI: usize = 4;
 
 /// `y[t*rows + r] = sum_c W[r,c] * x[t*cols + c]`; `x`: [n_tok, cols], `y`: [n_tok, rows].
 /// No allocation; threads from rayon's current pool. Call it from inside the pool
@@ -137,6 +153,10 @@ impl MatmulScratch {
 /// outside the pool, every call hands its work to a worker and sleeps until it is
 /// done, a cross-thread round trip per matrix. Panics (a caller bug) when the
 /// slice lengths do not match the shapes or `w.cols` exceeds the scratch's `max_cols`.
+///
+/// A non-finite activation makes every output NaN for quantized weights (rounding
+/// to 8 bits would turn it into an ordinary code; ggml does and prints garbage), so
+/// that the caller's check on the logits sees it; float weights propagate it.
 pub fn matmul(w: &QMatrix, x: &[f32], y: &mut [f32], n_tok: usize, scratch: &mut MatmulScratch) {
     matmul_with(kernels::active(), w, x, y, n_tok, scratch)
 }
@@ -150,53 +170,338 @@ pub fn matmul_with(
     n_tok: usize,
     scratch: &mut MatmulScratch,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
+    matmul_multi_with(k, &[w], x, &mut [y], n_tok, scratch)
+}
+
+/// Several matrices with the same input in one call: `ys[i] = x · ws[i]ᵀ` as
+/// [`matmul`] would give it, bit for bit, but `x` ([n_tok, cols]) is quantized once
+/// and all the matrices' rows go to the threads in ONE parallel dispatch (q, k, v;
+/// gate, up), so a decode step waits for the threads fewer times. `ws`: 1 to
+/// [`MAX_MULTI`] matrices with the same `cols` (any types); `ys[i]`: [n_tok,
+/// ws[i].rows]. A non-finite activation with any quantized matrix makes every
+/// output NaN. Panics (a caller bug) when shapes do not match.
+pub fn matmul_multi(
+    ws: &[&QMatrix],
+    x: &[f32],
+    ys: &mut [&mut [f32]],
+    n_tok: usize,
+    scratch: &mut MatmulScratch,
+) {
+    matmul_multi_with(kernels::active(), ws, x, ys, n_tok, scratch)
+}
+
+/// [`matmul_multi`] with an explicit kernel table.
+pub fn matmul_multi_with(
+    k: &Kernels,
+    ws: &[&QMatrix],
+    x: &[f32],
+    ys: &mut [&mut [f32]],
+    n_tok: usize,
+    scratch: &mut MatmulScratch,
+) {
+    let n = ws.len();
+    assert!(
+        (1..=MAX_MULTI).contains(&n) && ys.len() == n,
+        "matmul: {n} matrices and {} outputs (1..={MAX_MULTI})",
+        ys.len()
+    );
+    let cols = ws[0].cols;
     assert_eq!(
         x.len(),
         n_tok * cols,
         "matmul: x has {} values, want {n_tok} x {cols}",
         x.len()
     );
-    assert_eq!(
-        y.len(),
-        n_tok * rows,
-        "matmul: y has {} values, want {n_tok} x {rows}",
-        y.len()
-    );
-    if n_tok == 0 || rows == 0 {
+    let mut rows = [0usize; MAX_MULTI];
+    for (i, (w, y)) in ws.iter().zip(ys.iter()).enumerate() {
+        assert_eq!(
+            w.cols, cols,
+            "matmul: matrix {i} has {} columns, not {cols}",
+            w.cols
+        );
+        assert_eq!(
+            y.len(),
+            n_tok * w.rows,
+            "matmul: y[{i}] has {} values, want {n_tok} x {}",
+            y.len(),
+            w.rows
+        );
+        rows[i] = w.rows;
+    }
+    let total_rows: usize = rows.iter().sum();
+    if n_tok == 0 || total_rows == 0 {
         return;
     }
-    // Rounding to 8 bits would turn a NaN/Inf activation into an ordinary code
-    // (ggml does the same and prints garbage). Float math would propagate it:
-    // do so, so that the caller's check on the logits sees it. One pass over
-    // x, small next to the weights.
-    let quantized = !matches!(w.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16);
-    if quantized && !x.iter().all(|v| v.is_finite()) {
-        y.fill(f32::NAN);
-        return;
-    }
-    let mut plan = Plan::new(k, rows, cols, n_tok);
-    // A parallel call that stalled (a worker descheduled mid-chunk) makes the next
-    // calls run on the calling thread alone for a while; see `stall`.
-    plan.parallel = plan.parallel && stall::allow_parallel();
-    let (key, start) = (stall::key(w.dtype, rows, cols, n_tok), Instant::now());
-    match w.dtype {
-        GgmlType::F32 => plan.run_float(k.f32, cast(w), cols, x, y, n_tok),
-        GgmlType::F16 => plan.run_float(k.f16, cast::<f16>(w), cols, x, y, n_tok),
-        GgmlType::Bf16 => plan.run_float(k.bf16, cast::<bf16>(w), cols, x, y, n_tok),
-        GgmlType::Q8_0 => plan.run_q(k.q8_0, k.quantize, cast(w), x, y, n_tok, scratch),
-        GgmlType::Q4_0 => plan.run_q(k.q4_0, k.quantize, cast(w), x, y, n_tok, scratch),
-        GgmlType::Q5_0 => plan.run_q(k.q5_0, k.quantize, cast(w), x, y, n_tok, scratch),
-        GgmlType::Q4_1 => plan.run_q(k.q4_1, k.quantize, cast(w), x, y, n_tok, scratch),
-        GgmlType::Q5_1 => plan.run_q(k.q5_1, k.quantize, cast(w), x, y, n_tok, scratch),
-        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
-            let kq = kernels::kq::table(k.name);
-            kernels::kq::matmul_with(kq, w, x, y, n_tok, &mut scratch.kq, plan.parallel)
+    // K-quant matrices multiply against q8_K activations (kernels::kq), one matrix at
+    // a time; the other matrices of such a call go through the path below one by one.
+    if ws.iter().any(|w| kernels::kq::KQ_TYPES.contains(&w.dtype)) {
+        let kq = kernels::kq::table(k.name);
+        for (&w, y) in ws.iter().zip(ys.iter_mut()) {
+            if kernels::kq::KQ_TYPES.contains(&w.dtype) {
+                let parallel = stall::allow_parallel();
+                let (key, start) = (stall::key(w.dtype, w.rows, cols, n_tok), Instant::now());
+                kernels::kq::matmul_with(kq, w, x, y, n_tok, &mut scratch.kq, parallel);
+                if parallel {
+                    stall::record(key, start.elapsed());
+                }
+            } else {
+                matmul_multi_with(k, &[w], x, &mut [&mut **y], n_tok, scratch);
+            }
         }
-        other => panic!("matmul: type {other} passed QMatrix::new but has no kernel"),
+        return;
     }
-    if plan.parallel {
+    let quantized = ws.iter().any(|w| is_quantized(w.dtype));
+    assert!(
+        !quantized || cols <= scratch.max_cols,
+        "matmul: row length {cols} exceeds the scratch's max_cols {}",
+        scratch.max_cols
+    );
+    let threads = rayon::current_num_threads().max(1);
+    // Below ~64K multiply-adds a parallel call costs more than it saves. A parallel
+    // call that stalled (a worker descheduled mid-chunk) makes the next calls run on
+    // the calling thread alone for a while; see `stall`.
+    let parallel = threads > 1
+        && total_rows > 1
+        && total_rows * cols * n_tok >= 1 << 16
+        && stall::allow_parallel();
+    let mut chunks = [1usize; MAX_MULTI];
+    for (c, &r) in chunks.iter_mut().zip(&rows[..n]) {
+        *c = chunk_rows(r, cols, threads);
+    }
+    let tile_t = k.tile_tokens.clamp(1, MAX_TILE_TOKENS);
+    let key = stall::key(ws[0].dtype, total_rows, cols, n_tok);
+    let start = Instant::now();
+
+    let ng = act_groups(cols / QK);
+    let step = if quantized { scratch.max_tokens } else { n_tok };
+    for t0 in (0..n_tok).step_by(step) {
+        let nt = step.min(n_tok - t0);
+        let xs = &x[t0 * cols..(t0 + nt) * cols];
+        let acts = &mut scratch.acts[..if quantized { nt * ng } else { 0 }];
+        if quantized {
+            // One pass over x: quantize and check it is finite.
+            let finite = if parallel && nt > 1 {
+                acts.par_chunks_mut(ng)
+                    .zip(xs.par_chunks(cols))
+                    .map(|(qt, xt)| (k.quantize)(xt, qt))
+                    .reduce(|| true, |a, b| a && b)
+            } else {
+                acts.chunks_mut(ng)
+                    .zip(xs.chunks(cols))
+                    .fold(true, |ok, (qt, xt)| (k.quantize)(xt, qt) && ok)
+            };
+            if !finite {
+                for y in ys.iter_mut() {
+                    y.fill(f32::NAN);
+                }
+                return;
+            }
+        }
+        let acts = &*acts;
+        // Blocks of 16+ tokens against q4_0/q5_0/q8_0 weights: the GEMM layout too.
+        let nb = cols / QK;
+        let use_gemm = k.gemm.is_some()
+            && nt >= GEMM_TOKENS
+            && nb <= MAX_GEMM_BLOCKS
+            && ws.iter().any(|w| gemm_unpack_kind(w.dtype))
+            && scratch.gemm.len() >= nt.div_ceil(GEMM_TOKENS) * nb;
+        let gx = &mut scratch.gemm[..if use_gemm {
+            nt.div_ceil(GEMM_TOKENS) * nb
+        } else {
+            0
+        }];
+        if use_gemm {
+            let build = |(tb, gb): (usize, &mut [ActGemm])| {
+                let tn = GEMM_TOKENS.min(nt - tb * GEMM_TOKENS);
+                let a = &acts[tb * GEMM_TOKENS * ng..(tb * GEMM_TOKENS + tn) * ng];
+                kernels::gemm_acts(a, tn, gb);
+            };
+            if parallel {
+                gx.par_chunks_mut(nb).enumerate().for_each(build);
+            } else {
+                gx.chunks_mut(nb).enumerate().for_each(build);
+            }
+        }
+        let gx = &*gx;
+        kernels::for_each_row_chunk_multi(
+            ys,
+            &rows[..n],
+            n_tok,
+            t0..t0 + nt,
+            &chunks[..n],
+            parallel,
+            |i, mut out| run_chunk(k, ws[i], xs, acts, gx, nt, tile_t, &mut out),
+        );
+    }
+    if parallel {
         stall::record(key, start.elapsed());
+    }
+}
+
+/// Whether `dtype` multiplies against q8 activations (else f32 ones).
+fn is_quantized(dtype: GgmlType) -> bool {
+    !matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16)
+}
+
+/// Rows per parallel chunk of a [rows, cols] matrix: ~16 chunks per thread so a
+/// late thread holds up little; 4..=256 rows (a multiple of 4, the tile height), and
+/// at least ~16K weights so a chunk outweighs its scheduling.
+fn chunk_rows(rows: usize, cols: usize, threads: usize) -> usize {
+    let min_rows = (16384 / cols.max(1)).clamp(4, 256);
+    (rows / (threads * 16))
+        .clamp(min_rows, 256)
+        .next_multiple_of(MAX_TILE_ROWS)
+}
+
+/// Most blocks per row the GEMM path takes (its unpacked rows live on the stack).
+const MAX_GEMM_BLOCKS: usize = 512;
+
+/// Whether `dtype` unpacks to the GEMM's `d * code` form.
+fn gemm_unpack_kind(dtype: GgmlType) -> bool {
+    matches!(dtype, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+}
+
+/// One chunk of rows of `w` for the `nt` tokens of this round: `xs` ([nt, cols] f32)
+/// for float weights, `acts` ([nt, act_groups(cols / 32)] q8) for quantized ones,
+/// `gx` (the same in GEMM token blocks, or empty) for the GEMM.
+#[allow(clippy::too_many_arguments)]
+fn run_chunk(
+    k: &Kernels,
+    w: &QMatrix,
+    xs: &[f32],
+    acts: &[ActQ8x4],
+    gx: &[ActGemm],
+    nt: usize,
+    tile_t: usize,
+    out: &mut RowChunkOut,
+) {
+    let (cols, nb) = (w.cols, w.cols / QK);
+    let rows = out.rows();
+    let gemm = k.gemm.filter(|_| !gx.is_empty());
+    match (w.dtype, gemm) {
+        (GgmlType::F32, _) => float_chunk(k.f32, cast(w), cols, xs, nt, tile_t, out),
+        (GgmlType::F16, _) => float_chunk(k.f16, cast::<f16>(w), cols, xs, nt, tile_t, out),
+        (GgmlType::Bf16, _) => float_chunk(k.bf16, cast::<bf16>(w), cols, xs, nt, tile_t, out),
+        (GgmlType::Q8_0, Some(g)) => {
+            let r = gemm_chunk(g, generic::unpack_gemm_q8_0, cast(w), nb, gx, nt, out);
+            q_chunk(k.q8_0, cast(w), nb, acts, nt, tile_t, r..rows.end, out)
+        }
+        (GgmlType::Q4_0, Some(g)) => {
+            let r = gemm_chunk(g, generic::unpack_gemm_q4_0, cast(w), nb, gx, nt, out);
+            q_chunk(k.q4_0, cast(w), nb, acts, nt, tile_t, r..rows.end, out)
+        }
+        (GgmlType::Q5_0, Some(g)) => {
+            let r = gemm_chunk(g, generic::unpack_gemm_q5_0, cast(w), nb, gx, nt, out);
+            q_chunk(k.q5_0, cast(w), nb, acts, nt, tile_t, r..rows.end, out)
+        }
+        (GgmlType::Q8_0, None) => q_chunk(k.q8_0, cast(w), nb, acts, nt, tile_t, rows, out),
+        (GgmlType::Q4_0, None) => q_chunk(k.q4_0, cast(w), nb, acts, nt, tile_t, rows, out),
+        (GgmlType::Q5_0, None) => q_chunk(k.q5_0, cast(w), nb, acts, nt, tile_t, rows, out),
+        (GgmlType::Q4_1, _) => q_chunk(k.q4_1, cast(w), nb, acts, nt, tile_t, rows, out),
+        (GgmlType::Q5_1, _) => q_chunk(k.q5_1, cast(w), nb, acts, nt, tile_t, rows, out),
+        (other, _) => panic!("matmul: type {other} passed QMatrix::new but has no kernel"),
+    }
+}
+
+/// The chunk's rows in groups of [`GEMM_ROWS`] through the GEMM: each group unpacked
+/// once (on the stack) and run against every token block of `gx` ([nt / 16 rounded
+/// up, nb]). Returns the first row it did not do (the last few rows of a chunk that
+/// is not a multiple of 4 go to the tiles).
+fn gemm_chunk<W>(
+    gemm: GemmFn,
+    unpack: fn(&[W], usize, &mut [i8], &mut [i32], &mut [f32]),
+    w: &[W],
+    nb: usize,
+    gx: &[ActGemm],
+    nt: usize,
+    out: &mut RowChunkOut,
+) -> usize {
+    let range = out.rows();
+    let mut q = [0i8; GEMM_ROWS * MAX_GEMM_BLOCKS * 32];
+    let mut bias = [0i32; GEMM_ROWS * MAX_GEMM_BLOCKS];
+    let mut d = [0.0f32; GEMM_ROWS * MAX_GEMM_BLOCKS];
+    let mut buf = [0.0f32; GEMM_ROWS * GEMM_TOKENS];
+    let (q, bias, d) = (
+        &mut q[..GEMM_ROWS * nb * 32],
+        &mut bias[..GEMM_ROWS * nb],
+        &mut d[..GEMM_ROWS * nb],
+    );
+    let mut r = range.start;
+    while r + GEMM_ROWS <= range.end {
+        unpack(&w[r * nb..(r + GEMM_ROWS) * nb], nb, q, bias, d);
+        let rows = GemmRows { q, bias, d };
+        for (tb, xb) in gx.chunks_exact(nb).enumerate() {
+            gemm(&rows, xb, &mut buf);
+            let tn = GEMM_TOKENS.min(nt - tb * GEMM_TOKENS);
+            out.write_tile(r, GEMM_ROWS, tb * GEMM_TOKENS, &buf[..tn * GEMM_ROWS]);
+        }
+        r += GEMM_ROWS;
+    }
+    r
+}
+
+/// Quantized weights `w` ([rows, nb]) against q8 activations `acts` ([nt,
+/// act_groups(nb)]), the chunk's rows `rows`: tiles of up to `MAX_TILE_ROWS` rows x
+/// `tile_t` tokens.
+#[allow(clippy::too_many_arguments)]
+fn q_chunk<W>(
+    tile: TileFn<W>,
+    w: &[W],
+    nb: usize,
+    acts: &[ActQ8x4],
+    nt: usize,
+    tile_t: usize,
+    range: std::ops::Range<usize>,
+    out: &mut RowChunkOut,
+) {
+    let per_tok = acts.len() / nt;
+    let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_TILE_ROWS];
+    // Token blocks outside, rows inside: one block of activations (tile_t tokens)
+    // stays in L1 while the chunk's weight rows (<= 256 rows, in L2 after the first
+    // block) stream past it.
+    let mut t0 = 0;
+    while t0 < nt && !range.is_empty() {
+        let tb = tile_t.min(nt - t0);
+        let xs = &acts[t0 * per_tok..(t0 + tb) * per_tok];
+        let mut r = range.start;
+        while r < range.end {
+            let rr = MAX_TILE_ROWS.min(range.end - r);
+            let o = &mut buf[..tb * rr];
+            tile(&w[r * nb..(r + rr) * nb], rr, xs, o);
+            out.write_tile(r, rr, t0, o);
+            r += rr;
+        }
+        t0 += tb;
+    }
+}
+
+/// Float weights `w` ([rows, n]) against f32 activations `x` ([nt, n]): tiles of up
+/// to 4 rows x `tile_t` tokens, so each loaded weight and activation vector feeds
+/// several multiply-adds.
+fn float_chunk<W>(
+    tile: FloatTileFn<W>,
+    w: &[W],
+    n: usize,
+    x: &[f32],
+    nt: usize,
+    tile_t: usize,
+    out: &mut RowChunkOut,
+) {
+    let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_TILE_ROWS];
+    let range = out.rows();
+    let mut t0 = 0;
+    while t0 < nt {
+        let tb = tile_t.min(nt - t0);
+        let xs = &x[t0 * n..(t0 + tb) * n];
+        let mut r = range.start;
+        while r < range.end {
+            let rr = MAX_TILE_ROWS.min(range.end - r);
+            let o = &mut buf[..tb * rr];
+            tile(&w[r * n..(r + rr) * n], rr, xs, o);
+            out.write_tile(r, rr, t0, o);
+            r += rr;
+        }
+        t0 += tb;
     }
 }
 
@@ -221,151 +526,6 @@ pub fn stats() -> MatmulStats {
 /// The weight bytes as blocks; `QMatrix::new` checked size and alignment.
 fn cast<'a, T: bytemuck::Pod>(w: &QMatrix<'a>) -> &'a [T] {
     bytemuck::cast_slice(w.data)
-}
-
-/// How one call is split: tokens per tile, rows per parallel chunk.
-struct Plan {
-    tile_t: usize,
-    chunk: usize,
-    parallel: bool,
-}
-
-impl Plan {
-    fn new(k: &Kernels, rows: usize, cols: usize, n_tok: usize) -> Self {
-        let threads = rayon::current_num_threads().max(1);
-        // Below ~64K multiply-adds a parallel call costs more than it saves.
-        let parallel = threads > 1 && rows > 1 && rows * cols * n_tok >= 1 << 16;
-        // ~16 chunks per thread so a late thread holds up little; rows per chunk in 4..=256
-        // (multiple of 4), and at least ~16K weights so a chunk outweighs its scheduling.
-        let min_rows = (16384 / cols).clamp(4, 256);
-        let chunk = (rows / (threads * 16))
-            .clamp(min_rows, 256)
-            .next_multiple_of(4);
-        Self {
-            tile_t: k.tile_tokens.clamp(1, MAX_TILE_TOKENS),
-            chunk,
-            parallel,
-        }
-    }
-
-    /// Quantizes `x` ([n_tok, cols]) into the scratch in rounds of its `max_tokens`, then runs.
-    #[allow(clippy::too_many_arguments)]
-    fn run_q<W: Sync>(
-        &self,
-        tile: fn(&[W], &[ActQ8x4], &mut [f32]),
-        quantize: fn(&[f32], &mut [ActQ8x4]),
-        w: &[W],
-        x: &[f32],
-        y: &mut [f32],
-        n_tok: usize,
-        scratch: &mut MatmulScratch,
-    ) {
-        let cols = x.len() / n_tok;
-        assert!(
-            cols <= scratch.max_cols,
-            "matmul: row length {cols} exceeds the scratch's max_cols {}",
-            scratch.max_cols
-        );
-        let ng = act_groups(cols / QK);
-        let rows = y.len() / n_tok;
-        let step = scratch.max_tokens;
-        let acts = &mut scratch.acts;
-        for t0 in (0..n_tok).step_by(step) {
-            let nt = step.min(n_tok - t0);
-            let q = &mut acts[..nt * ng];
-            let xs = &x[t0 * cols..(t0 + nt) * cols];
-            if self.parallel && nt > 1 {
-                q.par_chunks_mut(ng)
-                    .zip(xs.par_chunks(cols))
-                    .for_each(|(qt, xt)| quantize(xt, qt));
-            } else {
-                for (qt, xt) in q.chunks_mut(ng).zip(xs.chunks(cols)) {
-                    quantize(xt, qt);
-                }
-            }
-            self.run(
-                tile,
-                w,
-                cols / QK,
-                q,
-                &mut y[t0 * rows..(t0 + nt) * rows],
-                nt,
-            );
-        }
-    }
-
-    /// Float weights `w` ([rows, n]) against f32 activations `x` ([n_tok, n]): tiles of
-    /// up to 4 rows x `tile_t` tokens, so each loaded weight and activation vector
-    /// feeds several multiply-adds.
-    fn run_float<W: Sync>(
-        &self,
-        tile: FloatTileFn<W>,
-        w: &[W],
-        n: usize,
-        x: &[f32],
-        y: &mut [f32],
-        n_tok: usize,
-    ) {
-        let rows = y.len() / n_tok;
-        debug_assert_eq!(w.len(), rows * n);
-        let tile_t = self.tile_t;
-        kernels::for_each_row_chunk(y, rows, n_tok, self.chunk, self.parallel, |mut out| {
-            let mut buf = [0.0f32; MAX_TILE_TOKENS * MAX_FLOAT_ROWS];
-            let mut col = [0.0f32; MAX_TILE_TOKENS];
-            let range = out.rows();
-            let mut t0 = 0;
-            while t0 < n_tok {
-                let nt = tile_t.min(n_tok - t0);
-                let xs = &x[t0 * n..(t0 + nt) * n];
-                let mut r = range.start;
-                while r < range.end {
-                    let rr = MAX_FLOAT_ROWS.min(range.end - r);
-                    tile(&w[r * n..(r + rr) * n], rr, xs, &mut buf[..nt * rr]);
-                    for i in 0..rr {
-                        for (t, c) in col[..nt].iter_mut().enumerate() {
-                            *c = buf[t * rr + i];
-                        }
-                        out.write(r + i, t0, &col[..nt]);
-                    }
-                    r += rr;
-                }
-                t0 += nt;
-            }
-        });
-    }
-
-    /// `y` ([n_tok, rows]) from weights `w` ([rows, nb]) and activations `acts`
-    /// ([n_tok, per_tok]: f32 values, or q8 groups of 4 blocks).
-    fn run<W: Sync, A: Sync>(
-        &self,
-        tile: fn(&[W], &[A], &mut [f32]),
-        w: &[W],
-        nb: usize,
-        acts: &[A],
-        y: &mut [f32],
-        n_tok: usize,
-    ) {
-        let per_tok = acts.len() / n_tok;
-        let rows = y.len() / n_tok;
-        debug_assert_eq!(w.len(), rows * nb);
-        let tile_t = self.tile_t;
-        kernels::for_each_row_chunk(y, rows, n_tok, self.chunk, self.parallel, |mut out| {
-            let mut buf = [0.0f32; MAX_TILE_TOKENS];
-            // Token blocks outside, rows inside: one block of activations (tile_t tokens)
-            // stays in L1 while the chunk's weight rows (<= 256 rows, in L2 after the
-            // first block) stream past it.
-            let mut t0 = 0;
-            while t0 < n_tok {
-                let nt = tile_t.min(n_tok - t0);
-                let xs = &acts[t0 * per_tok..(t0 + nt) * per_tok];
-                for r in out.rows() {
-                    tile(&w[r * nb..(r + 1) * nb], xs, &mut buf[..nt]);
-                    out.write(r, t0, &buf[..nt]);
-                }
-                t0 += nt;
-            }
-        });
-    }
 }
 
 /// Sharing the machine. A parallel call waits for its slowest chunk; when a busy

@@ -46,6 +46,48 @@ pub fn write_f32(mut w: impl Write, shape: &[usize], data: &[f32]) -> io::Result
     w.flush()
 }
 
+/// Writes an f32 array to `path` through a temporary file in the same folder that is
+/// renamed over `path` once complete, so a failed write (full disk, bad folder) leaves
+/// no partial file. A `path` that exists and is not a regular file (`/dev/stdout`, a
+/// pipe) is written directly.
+pub fn write_f32_file(path: &std::path::Path, shape: &[usize], data: &[f32]) -> Result<(), String> {
+    let direct = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let tmp = if direct {
+        path.to_path_buf()
+    } else {
+        let mut t = std::ffi::OsString::from(".");
+        t.push(name);
+        t.push(format!(".tmp-{}", std::process::id()));
+        path.with_file_name(t)
+    };
+    let result = (|| {
+        let f = std::fs::File::create(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut w = io::BufWriter::new(f);
+        write_f32(&mut w, shape, data)
+            .and_then(|()| w.flush())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if !direct {
+            let f = w
+                .into_inner()
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            f.sync_all()
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            std::fs::rename(&tmp, path).map_err(|e| {
+                format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
+            })?;
+        }
+        Ok(())
+    })();
+    if result.is_err() && !direct {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Reads a C-order '<f4' array (npy v1 or v2): returns (shape, data).
 pub fn read_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {

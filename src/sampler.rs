@@ -18,14 +18,85 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-/// Values a model file may carry for its generation defaults (`qwen_rs.generation.*`, from the HF
-/// `generation_config.json`). `None` = the file does not say.
+/// `repeat_last_n` meaning "every token of the context" (llama.cpp's `-1`, and how transformers
+/// applies `repetition_penalty`: over the whole sequence).
+pub const WHOLE_CONTEXT: usize = usize::MAX;
+
+/// Values a model file may carry for its generation defaults: `qwen_rs.generation.*` (from the
+/// HF `generation_config.json`, written by qwen-convert), else llama.cpp's `general.sampling.*`.
+/// `None` = the file does not say.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GenerationDefaults {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// Window of the penalty; [`WHOLE_CONTEXT`] for a transformers penalty.
+    pub repeat_last_n: Option<usize>,
+}
+
+impl GenerationDefaults {
+    /// Reads the defaults of a GGUF file. A key of the wrong type or value is an error naming it.
+    pub fn from_gguf(g: &quant_formats::gguf::Gguf) -> Result<Self, String> {
+        let key_err = |k: &str, e: &dyn fmt::Display| format!("metadata key '{k}': {e}");
+        let f32_key = |k: &str| g.get_f32(k).map_err(|e| key_err(k, &e));
+        // llama.cpp writes its integer sampling keys as i32; accept u32 too.
+        let int_key = |k: &str| -> Result<Option<i64>, String> {
+            match g.get_i32(k) {
+                Ok(v) => Ok(v.map(i64::from)),
+                Err(_) => g
+                    .get_u32(k)
+                    .map(|v| v.map(i64::from))
+                    .map_err(|e| key_err(k, &e)),
+            }
+        };
+        let ours = Self {
+            temperature: f32_key("qwen_rs.generation.temperature")?,
+            top_p: f32_key("qwen_rs.generation.top_p")?,
+            top_k: g
+                .get_u32("qwen_rs.generation.top_k")
+                .map_err(|e| key_err("qwen_rs.generation.top_k", &e))?,
+            min_p: None,
+            repetition_penalty: f32_key("qwen_rs.generation.repetition_penalty")?,
+            repeat_last_n: None,
+        };
+        let top_k =
+            match int_key("general.sampling.top_k")? {
+                None => None,
+                Some(k) => Some(u32::try_from(k).map_err(|_| {
+                    format!("metadata key 'general.sampling.top_k' = {k} is negative")
+                })?),
+            };
+        let last_n = match int_key("general.sampling.penalty_last_n")? {
+            None => None,
+            Some(-1) => Some(WHOLE_CONTEXT),
+            Some(n) => Some(usize::try_from(n).map_err(|_| {
+                format!("metadata key 'general.sampling.penalty_last_n' = {n} is below -1")
+            })?),
+        };
+        let theirs = Self {
+            temperature: f32_key("general.sampling.temp")?,
+            top_p: f32_key("general.sampling.top_p")?,
+            top_k,
+            min_p: f32_key("general.sampling.min_p")?,
+            repetition_penalty: f32_key("general.sampling.penalty_repeat")?,
+            repeat_last_n: last_n,
+        };
+        Ok(Self {
+            temperature: ours.temperature.or(theirs.temperature),
+            top_p: ours.top_p.or(theirs.top_p),
+            top_k: ours.top_k.or(theirs.top_k),
+            min_p: theirs.min_p,
+            // A penalty from the HF generation config applies to the whole sequence, as in
+            // transformers; llama.cpp's key comes with its own window (default 64).
+            repeat_last_n: match ours.repetition_penalty {
+                Some(_) => Some(WHOLE_CONTEXT),
+                None => theirs.repeat_last_n,
+            },
+            repetition_penalty: ours.repetition_penalty.or(theirs.repetition_penalty),
+        })
+    }
 }
 
 /// Sampling settings. `Default` gives llama.cpp's defaults (`common_params_sampling`).
@@ -41,7 +112,8 @@ pub struct SamplerParams {
     pub min_p: f32,
     /// 1.0 = off.
     pub repeat_penalty: f32,
-    /// How many of the most recent accepted tokens the penalty looks at (0 = off).
+    /// How many of the most recent accepted tokens the penalty looks at (0 = off,
+    /// [`WHOLE_CONTEXT`] = all of them).
     pub repeat_last_n: usize,
     pub seed: u64,
 }
@@ -73,8 +145,14 @@ impl SamplerParams {
         if let Some(k) = d.top_k {
             p.top_k = k as usize;
         }
+        if let Some(v) = d.min_p {
+            p.min_p = v;
+        }
         if let Some(r) = d.repetition_penalty {
             p.repeat_penalty = r;
+        }
+        if let Some(n) = d.repeat_last_n {
+            p.repeat_last_n = n;
         }
         p
     }
@@ -181,8 +259,10 @@ impl Sampler {
             params,
             rng: Pcg32::new(params.seed, 0xda3e39cb94b95bdb),
             cands: Vec::new(),
-            recent: VecDeque::with_capacity(params.repeat_last_n),
-            distinct: Vec::with_capacity(params.repeat_last_n),
+            // The window may be "whole context" or any user number: reserve a bounded
+            // amount; the deque grows with the tokens actually accepted.
+            recent: VecDeque::with_capacity(params.repeat_last_n.min(4096)),
+            distinct: Vec::with_capacity(params.repeat_last_n.min(4096)),
         })
     }
 

@@ -8,6 +8,7 @@ mod common;
 
 use common::Tiny;
 use quant_formats::gguf::{Gguf, Value};
+use qwen::model::KvType;
 use qwen::{Model, ModelError};
 
 /// 8-byte aligned copy, as an mmap would be.
@@ -36,40 +37,49 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The three paths agree, with keys and values cached as f32 and as f16 (each
+/// path stores the same rounded values, so f16 holds them to the same bound).
 fn check_paths(t: &Tiny) {
+    for kv in [KvType::F32, KvType::F16] {
+        check_paths_kv(t, kv);
+    }
+}
+
+fn check_paths_kv(t: &Tiny, kv: KvType) {
     with_model(t, |m| {
         let v = m.config.n_vocab;
         let n = TOKENS.len();
+        let new_state = |b: usize| m.new_state_kv(64, b, kv, kv);
         // 1. all positions at once.
-        let mut st = m.new_state(64, 64);
+        let mut st = new_state(64);
         let full = m
             .forward(&mut st, &TOKENS, 0, true)
             .expect("forward")
             .to_vec();
         assert_eq!(full.len(), n * v);
         // 2. chunks of 3.
-        let mut st3 = m.new_state(64, 3);
+        let mut st3 = new_state(3);
         let chunked = m
             .forward(&mut st3, &TOKENS, 0, true)
             .expect("forward")
             .to_vec();
         let d = max_abs_diff(&full, &chunked);
-        assert!(d < 1e-4, "{}: chunked prefill differs by {d}", t.arch);
+        assert!(d < 1e-4, "{} {kv}: chunked prefill differs by {d}", t.arch);
         // 3. prefill 5, then one token at a time, each compared to its row.
-        let mut st1 = m.new_state(64, 4);
+        let mut st1 = new_state(4);
         let last = m
             .forward(&mut st1, &TOKENS[..5], 0, false)
             .expect("forward")
             .to_vec();
         let d = max_abs_diff(&last, &full[4 * v..5 * v]);
-        assert!(d < 1e-4, "{}: prefill last row differs by {d}", t.arch);
+        assert!(d < 1e-4, "{} {kv}: prefill last row differs by {d}", t.arch);
         for (i, &tok) in TOKENS.iter().enumerate().skip(5) {
             let row = m
                 .forward(&mut st1, &[tok], i, false)
                 .expect("decode")
                 .to_vec();
             let d = max_abs_diff(&row, &full[i * v..(i + 1) * v]);
-            assert!(d < 1e-4, "{}: decode at {i} differs by {d}", t.arch);
+            assert!(d < 1e-4, "{} {kv}: decode at {i} differs by {d}", t.arch);
         }
         // The logits are not degenerate.
         let spread = full.iter().fold(0f32, |a, &b| a.max(b.abs()));

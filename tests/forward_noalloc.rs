@@ -54,20 +54,25 @@ fn decode_step_allocates_nothing() {
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
         let g = Gguf::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[..bytes.len()]).unwrap();
         let m = qwen::Model::load(&g).unwrap();
-        let mut st = m.new_state(64, 8);
-        // Every thread's allocations count, so everything runs inside one
-        // pool whose worker is up before counting starts (a lazily started
-        // global pool allocates its deques while its threads spin up).
-        pool.install(|| {
-            m.forward(&mut st, &[1, 2, 3, 4, 5], 0, false).unwrap();
-            m.forward(&mut st, &[6], 5, false).unwrap();
-            COUNTING.store(true, Ordering::SeqCst);
-            for pos in 6..30 {
-                m.forward(&mut st, &[pos as u32], pos, false).unwrap();
-            }
-            COUNTING.store(false, Ordering::SeqCst);
-        });
-        let n = ALLOCS.swap(0, Ordering::SeqCst);
-        assert_eq!(n, 0, "{arch}: 24 decode steps made {n} heap allocations");
+        for kv in [qwen::model::KvType::F32, qwen::model::KvType::F16] {
+            let mut st = m.new_state_kv(64, 8, kv, kv);
+            // Every thread's allocations count, so everything runs inside one
+            // pool whose worker is up before counting starts (a lazily started
+            // global pool allocates its deques while its threads spin up).
+            pool.install(|| {
+                m.forward(&mut st, &[1, 2, 3, 4, 5], 0, false).unwrap();
+                m.forward(&mut st, &[6], 5, false).unwrap();
+                COUNTING.store(true, Ordering::SeqCst);
+                for pos in 6..30 {
+                    m.forward(&mut st, &[pos as u32], pos, false).unwrap();
+                }
+                COUNTING.store(false, Ordering::SeqCst);
+            });
+            let n = ALLOCS.swap(0, Ordering::SeqCst);
+            assert_eq!(
+                n, 0,
+                "{arch} (KV {kv}): 24 decode steps made {n} heap allocations"
+            );
+        }
     }
 }

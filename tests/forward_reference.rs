@@ -13,6 +13,9 @@
 //! - q8_0 q4_0 q4_1 q5_0 q5_1: mean KL(ref‖ours) ≤ 2·KL(ref‖floor) + 1e-3 and
 //!   top-1 agreement ≥ the floor's − 10 points.
 //!
+//! f32 files cache keys and values as f32 by default, other files as f16; the
+//! `*_at_every_level` tests run both KV types at every kernel level this CPU has.
+//!
 //! Run with `--nocapture` to see the numbers.
 
 #[path = "forward_common/mod.rs"]
@@ -50,12 +53,21 @@ fn converted(name: &str, ty: &str) -> PathBuf {
     out
 }
 
-fn ours(name: &str, ty: &str, model: &Path, suffix: &str) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+/// Our logits through `qwen-run --dump-logits` with `extra` flags; `tag` names the
+/// run (tests run in parallel, each writes its own file).
+fn ours(
+    name: &str,
+    ty: &str,
+    model: &Path,
+    suffix: &str,
+    extra: &[&str],
+    tag: &str,
+) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
     let refdir = root().join("tests/fixtures/ref").join(name);
     let ids = read_ids(&refdir.join(format!("ids{suffix}.json")));
     let (rshape, reference) = read_npy(&refdir.join(format!("logits{suffix}.npy")));
-    let out = scratch("forward_reference").join(format!("{name}.{ty}{suffix}.npy"));
-    let (shape, logits) = dump_logits(model, &ids, &out, &[]);
+    let out = scratch("forward_reference").join(format!("{name}.{ty}{suffix}{tag}.npy"));
+    let (shape, logits) = dump_logits(model, &ids, &out, extra);
     assert_eq!(
         shape, rshape,
         "{name} {ty}: our logits have shape {shape:?}, the reference {rshape:?}"
@@ -75,8 +87,14 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// f32 / f16: closeness of the last position (and argmax everywhere for f32).
+/// f32 / f16: closeness of the last position (and argmax everywhere for f32),
+/// with qwen-run's default kernel level and KV cache type.
 fn check_float(ty: &str, rel_tol: f32) {
+    check_float_with(ty, rel_tol, &[], "")
+}
+
+/// As [`check_float`] with extra qwen-run flags (kernel level, KV cache type).
+fn check_float_with(ty: &str, rel_tol: f32, extra: &[&str], tag: &str) {
     let mut failures = Vec::new();
     for name in fixtures() {
         let model = converted(&name, ty);
@@ -90,7 +108,7 @@ fn check_float(ty: &str, rel_tol: f32) {
             suffixes.push("_long"); // Qwen-1 past seq_length: dynamic NTK + logn attention
         }
         for suffix in suffixes {
-            let (shape, reference, logits) = ours(&name, ty, &model, suffix);
+            let (shape, reference, logits) = ours(&name, ty, &model, suffix, extra, tag);
             let v = shape[1];
             let n = shape[0];
             let last_ref = &reference[(n - 1) * v..];
@@ -111,7 +129,8 @@ fn check_float(ty: &str, rel_tol: f32) {
             }
             let (kl, top1) = kl_and_top1(&reference, &logits, v);
             println!(
-                "{ty:4} {name}{suffix:6}: n={n:3} last max|diff|={d_last:.2e} (tol {tol:.2e}) all max|diff|={d_all:.2e} KL={kl:.2e} top1={top1:.3}"
+                "{ty:4}{tag} {name}{suffix:6}: n={n:3} last max|diff|={d_last:.2e} (tol {tol:.2e}, {:.1}% of it) all max|diff|={d_all:.2e} KL={kl:.2e} top1={top1:.3}",
+                100.0 * d_last / tol
             );
             if d_last > tol {
                 failures.push(format!(
@@ -125,7 +144,16 @@ fn check_float(ty: &str, rel_tol: f32) {
             }
         }
     }
-    assert!(failures.is_empty(), "{ty}: {}", failures.join("; "));
+    assert!(failures.is_empty(), "{ty}{tag}: {}", failures.join("; "));
+}
+
+/// [`check_float_with`] at every kernel level this CPU has, with keys and values
+/// cached as `kv` (f16 | f32).
+fn check_float_every_level(ty: &str, rel_tol: f32, kv: &str) {
+    for level in qwen::kernels::available() {
+        let extra = ["--kernels", level, "-ctk", kv, "-ctv", kv];
+        check_float_with(ty, rel_tol, &extra, &format!(" {level} kv={kv}"));
+    }
 }
 
 /// Quantized types: KL and top-1 against the format's own floor.
@@ -133,7 +161,7 @@ fn check_quant(ty: &str) {
     let mut failures = Vec::new();
     for name in fixtures() {
         let model = converted(&name, ty);
-        let (shape, reference, logits) = ours(&name, ty, &model, "");
+        let (shape, reference, logits) = ours(&name, ty, &model, "", &[], "");
         let v = shape[1];
         let floor_path = root()
             .join("tests/fixtures/ref")
@@ -167,6 +195,23 @@ fn f32_matches_transformers() {
 #[test]
 fn f16_matches_transformers() {
     check_float("f16", 2e-2);
+}
+
+// f32 files cache K/V as f32 by default (the checks above); rounding them to f16
+// must stay within the same bound, at every kernel level.
+#[test]
+fn f32_with_f32_kv_at_every_level() {
+    check_float_every_level("f32", 1e-3, "f32");
+}
+
+#[test]
+fn f32_with_f16_kv_at_every_level() {
+    check_float_every_level("f32", 1e-3, "f16");
+}
+
+#[test]
+fn f16_with_f16_kv_at_every_level() {
+    check_float_every_level("f16", 2e-2, "f16");
 }
 
 #[test]

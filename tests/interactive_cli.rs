@@ -246,10 +246,16 @@ impl Screen {
     }
 }
 
-#[test]
-fn ctrl_c_under_a_terminal_stops_the_reply_then_leaves_at_the_prompt() {
+/// qwen-run with `args` on a fresh 50x200 pseudo-terminal: the child, what it
+/// writes (collected by a reader thread) and the keyboard.
+fn spawn_in_pty(
+    args: &[&str],
+) -> (
+    Box<dyn portable_pty::Child + Send + Sync>,
+    Screen,
+    Box<dyn Write + Send>,
+) {
     use portable_pty::{native_pty_system, CommandBuilder, PtySize};
-    let m = model();
     let pair = native_pty_system()
         .openpty(PtySize {
             rows: 50,
@@ -259,22 +265,12 @@ fn ctrl_c_under_a_terminal_stops_the_reply_then_leaves_at_the_prompt() {
         })
         .unwrap();
     let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_qwen-run"));
-    cmd.args([
-        "-f",
-        m.to_str().unwrap(),
-        "-i",
-        "--temp",
-        "0",
-        "-n",
-        "1500",
-        "-c",
-        "2048",
-    ]);
+    cmd.args(args);
     cmd.env("TERM", "xterm");
-    let mut child = pair.slave.spawn_command(cmd).unwrap();
+    let child = pair.slave.spawn_command(cmd).unwrap();
     drop(pair.slave);
     let mut reader = pair.master.try_clone_reader().unwrap();
-    let mut writer = pair.master.take_writer().unwrap();
+    let writer = pair.master.take_writer().unwrap();
     let screen = Screen(Arc::new(Mutex::new(Vec::new())));
     let sink = screen.0.clone();
     std::thread::spawn(move || {
@@ -286,6 +282,23 @@ fn ctrl_c_under_a_terminal_stops_the_reply_then_leaves_at_the_prompt() {
             sink.lock().unwrap().extend_from_slice(&buf[..n]);
         }
     });
+    (child, screen, writer)
+}
+
+#[test]
+fn ctrl_c_under_a_terminal_stops_the_reply_then_leaves_at_the_prompt() {
+    let m = model();
+    let (mut child, screen, mut writer) = spawn_in_pty(&[
+        "-f",
+        m.to_str().unwrap(),
+        "-i",
+        "--temp",
+        "0",
+        "-n",
+        "1500",
+        "-c",
+        "2048",
+    ]);
 
     let at = screen.wait_for("> ", 0, 60);
     writer
@@ -373,4 +386,35 @@ fn a_message_longer_than_the_context_is_a_one_line_error() {
         line.contains("the context holds 40 (raise --ctx-size)"),
         "{line}"
     );
+}
+
+#[test]
+fn long_prompt_shows_a_progress_bar_only_on_a_terminal() {
+    let m = model();
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(40); // ~400 tokens
+    let args = [
+        "-f",
+        m.to_str().unwrap(),
+        "--mode",
+        "generate",
+        "-p",
+        prompt.as_str(),
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "-b",
+        "32",
+    ];
+    // Through pipes: stderr has the summary line, no bar.
+    let out = qwen_run().args(args).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("tokens ("), "bar drawn into a pipe: {err}");
+    // Under a terminal: the bar is drawn while the prompt is evaluated.
+    let (mut child, screen, _keys) = spawn_in_pty(&args);
+    let at = screen.wait_for("prompt ", 0, 60);
+    screen.wait_for(" tokens (", at, 60);
+    screen.wait_for("stopped:", at, 60);
+    assert!(child.wait().unwrap().success(), "{}", screen.text());
 }

@@ -10,7 +10,7 @@ use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0
 use quant_formats::reference;
 use quant_formats::GgmlType;
 use qwen::kernels::{self, act_groups, generic, ActQ8x4, Kernels};
-use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
+use qwen::matmul::{matmul_multi_with, matmul_with, MatmulScratch, QMatrix};
 
 /// splitmix64: seeded, reproducible test data.
 struct Rng(u64);
@@ -62,9 +62,10 @@ fn levels() -> Vec<&'static Kernels> {
             eprintln!("kernel level {l}: not available on this CPU/build, skipped");
         }
     }
+    // Every variant of every level (avx512 with and without VBMI, where the CPU has it).
     kernels::available()
         .into_iter()
-        .filter_map(kernels::table)
+        .flat_map(kernels::variants)
         .collect()
 }
 
@@ -257,7 +258,7 @@ fn dot_case<B: TestBlock>(seed: u64) {
         let x = acts(&mut rng, nb * QK);
         let xq = quantize(scalar, &x);
         let mut want = [0.0f32];
-        B::tile(scalar)(&w, &xq, &mut want);
+        B::tile(scalar)(&w, 1, &xq, &mut want);
         let (mag, serr) = bounds(&w, &xq);
         // Scalar vs the dequantized dot in f64; skipped when q8_1's f16 `s` overflowed
         // (huge scales; ggml overflows there too).
@@ -278,31 +279,47 @@ fn dot_case<B: TestBlock>(seed: u64) {
                 k.name
             );
             let mut got = [0.0f32];
-            B::tile(k)(&w, &xq, &mut got);
+            B::tile(k)(&w, 1, &xq, &mut got);
             check_close(
                 &format!("{name} {} vs scalar, nb={nb}", k.name),
                 got[0],
                 want[0] as f64,
                 1e-5 * mag + 1e-30,
             );
-            // Tiles of 1..=tile_tokens tokens agree with single scalar dots.
-            for nt in 1..=k.tile_tokens {
-                let xs: Vec<f32> = (0..nt).flat_map(|_| acts(&mut rng, nb * QK)).collect();
-                let xsq = quantize_rows(scalar, &xs, nt);
-                let ng = act_groups(nb);
-                let mut out = vec![0.0f32; nt];
-                B::tile(k)(&w, &xsq, &mut out);
-                for t in 0..nt {
-                    let xt = &xsq[t * ng..(t + 1) * ng];
-                    let mut one = [0.0f32];
-                    B::tile(scalar)(&w, xt, &mut one);
-                    let (mag, _) = bounds(&w, xt);
-                    check_close(
-                        &format!("{name} {} tile nt={nt} t={t} nb={nb}", k.name),
-                        out[t],
-                        one[0] as f64,
-                        1e-5 * mag + 1e-30,
-                    );
+            // Tiles of 1..=MAX_TILE_ROWS rows x 1..=tile_tokens tokens agree with single
+            // scalar dots, and each (row, token) equals the level's own 1x1 tile bit for
+            // bit (results do not depend on how a matmul splits rows and tokens).
+            let ng = act_groups(nb);
+            for rows in 1..=kernels::MAX_TILE_ROWS {
+                let ws: Vec<B> = (0..rows * nb).map(|_| B::random(&mut rng)).collect();
+                for nt in 1..=k.tile_tokens {
+                    let xs: Vec<f32> = (0..nt).flat_map(|_| acts(&mut rng, nb * QK)).collect();
+                    let xsq = quantize_rows(scalar, &xs, nt);
+                    let mut out = vec![0.0f32; nt * rows];
+                    B::tile(k)(&ws, rows, &xsq, &mut out);
+                    for t in 0..nt {
+                        let xt = &xsq[t * ng..(t + 1) * ng];
+                        for r in 0..rows {
+                            let wr = &ws[r * nb..(r + 1) * nb];
+                            let (mut one, mut own) = ([0.0f32], [0.0f32]);
+                            B::tile(scalar)(wr, 1, xt, &mut one);
+                            B::tile(k)(wr, 1, xt, &mut own);
+                            let (mag, _) = bounds(wr, xt);
+                            let what =
+                                format!("{name} {} tile {rows}x{nt} r={r} t={t} nb={nb}", k.name);
+                            check_close(
+                                &what,
+                                out[t * rows + r],
+                                one[0] as f64,
+                                1e-5 * mag + 1e-30,
+                            );
+                            assert_eq!(
+                                out[t * rows + r].to_bits(),
+                                own[0].to_bits(),
+                                "{what}: differs from the same level's 1x1 tile"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -615,6 +632,9 @@ fn matmul_matches_naive_loop() {
             for n_tok in [1usize, 2, 3, 7, 8, 17] {
                 let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
                 let (want, mag) = naive(dtype, bytes, rows, cols, &x, n_tok);
+                // Per level: the first result, which every thread count, variant and
+                // token-by-token run must reproduce bit for bit.
+                let mut first: Vec<(&str, Vec<f32>)> = Vec::new();
                 for threads in [1usize, 2] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
@@ -637,7 +657,235 @@ fn matmul_matches_naive_loop() {
                                 k.name
                             );
                         }
+                        let what = format!(
+                            "{dtype} {} {} {rows}x{cols} n_tok={n_tok} threads={threads}",
+                            k.name, k.variant
+                        );
+                        match first.iter().find(|(l, _)| *l == k.name) {
+                            Some((_, y0)) => assert!(
+                                bits(&y) == bits(y0),
+                                "{what}: differs from the level's first run"
+                            ),
+                            None => {
+                                // Token by token gives the same bits as the batch.
+                                let mut y1 = vec![f32::NAN; n_tok * rows];
+                                for t in 0..n_tok {
+                                    pool.install(|| {
+                                        matmul_with(
+                                            k,
+                                            &w,
+                                            &x[t * cols..(t + 1) * cols],
+                                            &mut y1[t * rows..(t + 1) * rows],
+                                            1,
+                                            &mut scratch,
+                                        )
+                                    });
+                                }
+                                assert!(bits(&y1) == bits(&y), "{what}: token by token differs");
+                                first.push((k.name, y));
+                            }
+                        }
                     }
+                }
+            }
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn quantizers_report_non_finite() {
+    let mut rng = Rng(5);
+    for k in levels() {
+        for nb in [1usize, 3, 5, 28] {
+            let x = acts(&mut rng, nb * QK);
+            let mut y = vec![ActQ8x4::default(); act_groups(nb)];
+            assert!((k.quantize)(&x, &mut y), "{} nb={nb}: finite input", k.name);
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for pos in [0, nb * QK / 2, nb * QK - 1] {
+                    let mut xb = x.clone();
+                    xb[pos] = bad;
+                    assert!(
+                        !(k.quantize)(&xb, &mut y),
+                        "{} nb={nb}: {bad} at {pos} not reported",
+                        k.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A fused call equals one call per matrix, bit for bit, for mixed types, any
+/// thread count and token count; a non-finite activation makes every output NaN.
+#[test]
+fn matmul_multi_matches_separate_calls() {
+    let mut rng = Rng(21);
+    let cols = 256;
+    let shapes = [
+        (GgmlType::Q4_0, 96),
+        (GgmlType::Q8_0, 20),
+        (GgmlType::F16, 36),
+        (GgmlType::Q5_1, 300),
+    ];
+    let datas: Vec<Vec<u32>> = shapes
+        .iter()
+        .map(|&(t, r)| {
+            random_matrix(&mut rng, t, r, cols)
+                .chunks(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        })
+        .collect();
+    let ws: Vec<QMatrix> = shapes
+        .iter()
+        .zip(&datas)
+        .map(|(&(t, r), d)| QMatrix::new("w", t, r, cols, bytemuck::cast_slice(d)).unwrap())
+        .collect();
+    let wr: Vec<&QMatrix> = ws.iter().collect();
+    for n_tok in [1usize, 3, 9] {
+        let mut x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+        for threads in [1usize, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for k in levels() {
+                let mut scratch = MatmulScratch::new(4, cols);
+                let mut sep: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0; n_tok * w.rows]).collect();
+                let mut fused = sep.clone();
+                pool.install(|| {
+                    for (w, y) in ws.iter().zip(sep.iter_mut()) {
+                        matmul_with(k, w, &x, y, n_tok, &mut scratch);
+                    }
+                    let mut ys: Vec<&mut [f32]> =
+                        fused.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    matmul_multi_with(k, &wr, &x, &mut ys, n_tok, &mut scratch);
+                });
+                for (i, (a, b)) in sep.iter().zip(&fused).enumerate() {
+                    assert!(
+                        bits(a) == bits(b),
+                        "{} {} n_tok={n_tok} threads={threads}: matrix {i} differs",
+                        k.name,
+                        k.variant
+                    );
+                }
+                // A NaN in the last token: every output of every matrix is NaN.
+                x[n_tok * cols - 1] = f32::NAN;
+                pool.install(|| {
+                    let mut ys: Vec<&mut [f32]> =
+                        fused.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    matmul_multi_with(k, &wr, &x, &mut ys, n_tok, &mut scratch);
+                });
+                assert!(
+                    fused.iter().flatten().all(|v| v.is_nan()),
+                    "{} n_tok={n_tok}: NaN activation not propagated",
+                    k.name
+                );
+                x[n_tok * cols - 1] = 0.5;
+            }
+        }
+    }
+}
+
+/// The GEMM of every level that has one equals the scalar twin bit for bit, and the
+/// twin equals the dequantized dot (f64) to rounding; matmul through the GEMM (16+
+/// tokens per round) equals the naive loop to rounding, the same with 1 and 2 threads.
+#[test]
+fn gemm_matches_scalar_twin() {
+    let mut rng = Rng(31);
+    for nb in [1usize, 2, 5, 28] {
+        // Unpacked rows as the GEMM takes them: codes in -128..127 (q8_0's range and
+        // beyond), random scales.
+        let q: Vec<i8> = (0..4 * nb * 32).map(|_| rng.byte() as i8).collect();
+        let bias: Vec<i32> = q
+            .chunks(32)
+            .map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        let d: Vec<f32> = (0..4 * nb).map(|_| rng.scale().to_f32()).collect();
+        let w = kernels::GemmRows {
+            q: &q,
+            bias: &bias,
+            d: &d,
+        };
+        for nt in [1usize, 7, 16] {
+            let x = acts(&mut rng, nt * nb * QK);
+            let xq = quantize_rows(&generic::SCALAR, &x, nt);
+            let mut gx = vec![kernels::ActGemm::default(); nb];
+            kernels::gemm_acts(&xq, nt, &mut gx);
+            let mut want = vec![0.0f32; 64];
+            generic::gemm(&w, &gx, &mut want);
+            for t in 0..nt {
+                for r in 0..4 {
+                    let ng = act_groups(nb);
+                    let (mut exact, mut mag) = (0.0f64, 0.0f64);
+                    for b in 0..nb {
+                        let g = &xq[t * ng + b / 4];
+                        let codes = g.codes(b % 4);
+                        let isum: i64 = (0..32)
+                            .map(|j| q[(r * nb + b) * 32 + j] as i64 * codes[j] as i64)
+                            .sum();
+                        let v = isum as f64 * d[r * nb + b] as f64 * g.d[b % 4] as f64;
+                        exact += v;
+                        mag += v.abs();
+                    }
+                    let got = want[t * 4 + r] as f64;
+                    if mag < f32::MAX as f64 / 4.0 {
+                        assert!(
+                            (got - exact).abs() <= 1e-5 * mag + 1e-30,
+                            "scalar gemm nb={nb} t={t} r={r}: {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+            for k in levels() {
+                if let Some(g) = k.gemm {
+                    let mut got = vec![0.0f32; 64];
+                    g(&w, &gx, &mut got);
+                    assert!(
+                        bits(&got) == bits(&want),
+                        "{} {} gemm nb={nb} nt={nt} differs from the scalar twin",
+                        k.name,
+                        k.variant
+                    );
+                }
+            }
+        }
+    }
+    // Through matmul: q4_0, q5_0, q8_0 at 40 tokens (two full token blocks and a part).
+    for dtype in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+        let (rows, cols, n_tok) = (70, 320, 40);
+        let data: Vec<u32> = random_matrix(&mut rng, dtype, rows, cols)
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let data: &[u8] = bytemuck::cast_slice(&data);
+        let w = QMatrix::new("test", dtype, rows, cols, data).unwrap();
+        let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+        let (want, mag) = naive(dtype, data, rows, cols, &x, n_tok);
+        for k in levels() {
+            let mut first: Option<Vec<f32>> = None;
+            for threads in [1usize, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut scratch = MatmulScratch::new(64, cols);
+                let mut y = vec![f32::NAN; n_tok * rows];
+                pool.install(|| matmul_with(k, &w, &x, &mut y, n_tok, &mut scratch));
+                for (i, (&g, &e)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - e as f64).abs() <= 1e-5 * mag[i] + 1e-30,
+                        "{dtype} {} n_tok={n_tok} threads={threads}: y[{i}] = {g}, naive {e}",
+                        k.name
+                    );
+                }
+                match &first {
+                    Some(y0) => assert!(bits(&y) == bits(y0), "{dtype} {}: threads differ", k.name),
+                    None => first = Some(y),
                 }
             }
         }

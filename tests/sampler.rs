@@ -1,7 +1,8 @@
 //! Sampler tests against distributions computed by hand (softmax values written out with Python's
 //! `math.exp`), plus a frequency test of the seeded draw.
 
-use qwen::sampler::{Candidate, GenerationDefaults, Pcg32, Sampler, SamplerParams};
+use quant_formats::gguf::{Gguf, GgufWriter, Value};
+use qwen::sampler::{Candidate, GenerationDefaults, Pcg32, Sampler, SamplerParams, WHOLE_CONTEXT};
 
 /// Every filter off, temperature 1: the plain softmax.
 fn plain() -> SamplerParams {
@@ -331,17 +332,111 @@ fn defaults_come_from_the_file_else_llama_cpp() {
         (0.8, 40, 0.95, 0.05, 1.0, 64)
     );
     // Qwen-7B-Chat's generation_config.json: top_p 0.8, top_k 0 (off), repetition_penalty 1.1.
+    // The penalty applies to the whole sequence, as transformers does.
     let file = GenerationDefaults {
         temperature: None,
         top_p: Some(0.8),
         top_k: Some(0),
+        min_p: None,
         repetition_penalty: Some(1.1),
+        repeat_last_n: Some(WHOLE_CONTEXT),
     };
     let p = SamplerParams::with_file_defaults(&file);
     assert_eq!(
-        (p.temperature, p.top_k, p.top_p, p.repeat_penalty),
-        (0.8, 0, 0.8, 1.1)
+        (
+            p.temperature,
+            p.top_k,
+            p.top_p,
+            p.repeat_penalty,
+            p.repeat_last_n
+        ),
+        (0.8, 0, 0.8, 1.1, WHOLE_CONTEXT)
     );
+}
+
+fn gguf_with(keys: Vec<(&str, Value)>) -> Vec<u8> {
+    let mut w = GgufWriter::new();
+    for (k, v) in keys {
+        w.add(k, v);
+    }
+    w.start(Vec::new()).unwrap().finish().unwrap()
+}
+
+#[test]
+fn file_defaults_from_ours_then_llama_cpp_keys() {
+    // qwen-convert's keys (from generation_config.json): the penalty spans the whole context.
+    let bytes = gguf_with(vec![
+        ("qwen_rs.generation.temperature", Value::F32(0.7)),
+        ("qwen_rs.generation.top_k", Value::U32(20)),
+        ("qwen_rs.generation.repetition_penalty", Value::F32(1.05)),
+        ("general.sampling.top_p", Value::F32(0.9)),
+        ("general.sampling.temp", Value::F32(0.1)),
+    ]);
+    let d = GenerationDefaults::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+    assert_eq!(
+        d,
+        GenerationDefaults {
+            temperature: Some(0.7),
+            top_p: Some(0.9),
+            top_k: Some(20),
+            min_p: None,
+            repetition_penalty: Some(1.05),
+            repeat_last_n: Some(WHOLE_CONTEXT),
+        }
+    );
+    // llama.cpp's general.sampling.* (integers as i32, as gguf-py writes them).
+    let bytes = gguf_with(vec![
+        ("general.sampling.temp", Value::F32(0.6)),
+        ("general.sampling.top_k", Value::I32(20)),
+        ("general.sampling.top_p", Value::F32(0.95)),
+        ("general.sampling.min_p", Value::F32(0.0)),
+        ("general.sampling.penalty_repeat", Value::F32(1.1)),
+        ("general.sampling.penalty_last_n", Value::I32(-1)),
+    ]);
+    let d = GenerationDefaults::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+    assert_eq!(
+        d,
+        GenerationDefaults {
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: Some(1.1),
+            repeat_last_n: Some(WHOLE_CONTEXT),
+        }
+    );
+    // Wrong types and values are errors naming the key.
+    let bytes = gguf_with(vec![("general.sampling.top_k", Value::I32(-3))]);
+    let e = GenerationDefaults::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap_err();
+    assert!(
+        e.contains("general.sampling.top_k") && e.contains("-3"),
+        "{e}"
+    );
+    let bytes = gguf_with(vec![("general.sampling.temp", Value::String("hot".into()))]);
+    let e = GenerationDefaults::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap_err();
+    assert!(e.contains("general.sampling.temp"), "{e}");
+    // Nothing said: all None.
+    let bytes = gguf_with(vec![]);
+    let d = GenerationDefaults::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+    assert_eq!(d, GenerationDefaults::default());
+}
+
+#[test]
+fn huge_penalty_window_allocates_only_what_it_holds() {
+    // A window of "the whole context" or a user's 10^12 must not reserve memory up front.
+    for n in [WHOLE_CONTEXT, 1_000_000_000_000] {
+        let params = SamplerParams {
+            repeat_penalty: 2.0,
+            repeat_last_n: n,
+            ..plain()
+        };
+        let mut logits = vec![1.0f32; 4];
+        logits[3] = 1.9;
+        // tokens 1 and 2 are penalised to 0.5; 3 (1.9) beats 0 (1.0)
+        let d = dist(params, &[1, 2, 1], &logits);
+        assert_eq!(d[0].id, 3);
+        assert_eq!(d.iter().find(|c| c.id == 1).unwrap().logit, 0.5);
+    }
 }
 
 #[test]

@@ -381,6 +381,11 @@ fn hostile_vocabularies_are_errors() {
             .to_string(),
         "tokenizer.ggml.pre is \"llama-bpe\"; supported pre-tokenizers: \"qwen2\", \"smollm\""
     );
+    // DeepSeek-R1-Distill-Qwen files name the Qwen2 split by their own hash (llama.cpp maps it).
+    assert_eq!(
+        PreTokenizer::from_gguf_name("deepseek-r1-qwen").unwrap(),
+        PreTokenizer::Qwen2
+    );
 }
 
 #[test]

@@ -176,12 +176,28 @@ impl Hparams {
                 if arch == Arch::Qwen3 && cfg.opt_bool("attention_bias")? == Some(true) {
                     bail!("{p}: Qwen3 with attention_bias = true is not supported");
                 }
+                let n_ctx = cfg.u32("max_position_embeddings")?;
                 let sliding_window = if cfg.opt_bool("use_sliding_window")? == Some(true) {
                     let w = cfg.u32("sliding_window")?;
                     let full = cfg
                         .opt_u64("max_window_layers")?
                         .unwrap_or(n_layer as u64)
                         .min(u32::MAX as u64) as u32;
+                    // transformers: layer i slides when i >= max_window_layers (or when
+                    // config.layer_types says "sliding_attention"). The runtime attends to
+                    // the whole context, so a window that can bite is refused, not ignored.
+                    let by_types = match cfg.raw.get("layer_types") {
+                        Some(serde_json::Value::Array(v)) => {
+                            v.iter().any(|t| t.as_str() == Some("sliding_attention"))
+                        }
+                        _ => false,
+                    };
+                    if (by_types || (full as usize) < n_layer) && w < n_ctx {
+                        bail!(
+                            "{p}: sliding-window attention (use_sliding_window = true, sliding_window = {w} < max_position_embeddings {n_ctx}, from layer {}) is not supported",
+                            if by_types { "layer_types".to_string() } else { full.to_string() }
+                        );
+                    }
                     Some((w, full))
                 } else {
                     None
@@ -195,7 +211,7 @@ impl Hparams {
                     n_head_kv,
                     head_dim,
                     n_ff: cfg.u32("intermediate_size")? as usize,
-                    n_ctx: cfg.u32("max_position_embeddings")?,
+                    n_ctx,
                     rope_theta: positive_f32(
                         cfg,
                         "rope_theta",

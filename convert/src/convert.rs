@@ -110,6 +110,17 @@ pub fn convert(
             opts.output.display()
         );
     }
+    // The file appears by renaming a temporary one over the output path: that
+    // would replace a device (/dev/null), a FIFO or a symlink instead of writing
+    // through it. Only a missing path or a regular file is a valid output.
+    if let Ok(meta) = std::fs::symlink_metadata(&opts.output) {
+        if !meta.file_type().is_file() {
+            bail!(
+                "{}: output exists and is not a regular file (a symlink, device or pipe); give a file path",
+                opts.output.display()
+            );
+        }
+    }
     let tmp = temp_path(&opts.output)?;
     if let Some(parent) = tmp.parent() {
         if !parent.is_dir() {

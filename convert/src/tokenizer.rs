@@ -482,7 +482,8 @@ fn load_hf(dir: &Path, n_vocab: usize, cfg: &Config) -> Result<Vocab> {
         );
     }
     let tj = read_json(&path)?;
-    let model = tj.get("model").cloned().unwrap_or(Value::Null);
+    // Borrowed, not cloned: a 151k-token vocabulary is ~100 MB as serde_json values.
+    let model = tj.get("model").unwrap_or(&Value::Null);
     let mtype = model.get("type").and_then(Value::as_str);
     if mtype != Some("BPE") {
         bail!(
@@ -749,6 +750,21 @@ fn load_generation(dir: &Path, v: &Vocab, arch: Arch) -> Result<Generation> {
                 path.display()
             ),
         };
+        // transformers samples only with do_sample = true (its default is false, i.e.
+        // greedy, whatever temperature/top_p/top_k say): store that as temperature 0.
+        match j.get("do_sample") {
+            Some(Value::Bool(true)) => {}
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {
+                g.temperature = Some(0.0);
+                g.top_p = None;
+                g.top_k = None;
+            }
+            Some(v) => bail!(
+                "{}: `do_sample` must be true or false, found {}",
+                path.display(),
+                short(v)
+            ),
+        }
     }
     if g.eos_token_ids.is_empty() {
         g.eos_token_ids.extend(v.eos);

@@ -305,6 +305,44 @@ fn qwen2_tokenizer_keys() {
 }
 
 #[test]
+fn generation_config_without_do_sample_means_greedy() {
+    // transformers' GenerationConfig samples only with do_sample = true; a base model's
+    // config (do_sample false or absent) generates greedily whatever its temperature says.
+    let dir = TempDir::new("model");
+    let out_dir = TempDir::new("out");
+    Spec::new(Arch::Qwen2).write(dir.path());
+    let out = out_dir.join("m.qbin");
+    for do_sample in [None, Some(false)] {
+        let mut gen = serde_json::json!({"eos_token_id": 302, "temperature": 0.7, "top_p": 0.8,
+            "top_k": 20, "repetition_penalty": 1.05});
+        if let Some(d) = do_sample {
+            gen["do_sample"] = serde_json::json!(d);
+        }
+        write_json(&dir.join("generation_config.json"), &gen);
+        assert_ok(&convert(dir.path(), &out, "q8_0", &[]));
+        let bytes = std::fs::read(&out).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(
+            g.get_f32("qwen_rs.generation.temperature").unwrap(),
+            Some(0.0)
+        );
+        assert_eq!(g.get_f32("qwen_rs.generation.top_p").unwrap(), None);
+        assert_eq!(g.get_u32("qwen_rs.generation.top_k").unwrap(), None);
+        // transformers applies the penalty in greedy search too
+        assert_eq!(
+            g.get_f32("qwen_rs.generation.repetition_penalty").unwrap(),
+            Some(1.05)
+        );
+    }
+    // no generation_config.json at all: nothing is said, the runtime's defaults apply
+    std::fs::remove_file(dir.join("generation_config.json")).unwrap();
+    assert_ok(&convert(dir.path(), &out, "q8_0", &[]));
+    let bytes = std::fs::read(&out).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    assert_eq!(g.get_f32("qwen_rs.generation.temperature").unwrap(), None);
+}
+
+#[test]
 fn qwen3_named_chat_template_picks_default() {
     let dir = TempDir::new("model");
     let out_dir = TempDir::new("out");

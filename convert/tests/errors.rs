@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 /// Convert `dir` into an empty folder; expect a one-line error mentioning
@@ -276,6 +277,16 @@ fn qwen1_tiktoken_problems() {
 
 #[test]
 fn ctrl_c_removes_temp_file() {
+    interrupt_removes_temp_file("-INT");
+}
+
+#[test]
+fn sigterm_and_sighup_remove_temp_file() {
+    interrupt_removes_temp_file("-TERM");
+    interrupt_removes_temp_file("-HUP");
+}
+
+fn interrupt_removes_temp_file(signal: &str) {
     // One big embedding (2^18 x 256 bf16, 128 MiB) so the conversion runs long
     // enough (~0.5 s with -v in release) to be interrupted after the temp file appears.
     let mut s = Spec::new(Arch::Qwen2);
@@ -314,7 +325,7 @@ fn ctrl_c_removes_temp_file() {
     }
     assert!(tmp.exists(), "temporary file never appeared");
     let st = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
@@ -346,6 +357,27 @@ fn rope_scaling_is_rejected_not_dropped() {
 }
 
 #[test]
+fn sliding_window_that_applies_is_rejected_not_ignored() {
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen2);
+    s.write(dir.path());
+    let mut cfg = s.config();
+    cfg["use_sliding_window"] = json!(true);
+    cfg["sliding_window"] = json!(4);
+    cfg["max_window_layers"] = json!(0);
+    write_json(&dir.join("config.json"), &cfg);
+    expect_error(
+        dir.path(),
+        &["config.json", "sliding", "sliding_window = 4"],
+    );
+    // explicit layer_types count too
+    cfg["max_window_layers"] = json!(99);
+    cfg["layer_types"] = json!(["full_attention", "sliding_attention"]);
+    write_json(&dir.join("config.json"), &cfg);
+    expect_error(dir.path(), &["config.json", "sliding", "layer_types"]);
+}
+
+#[test]
 fn qwen1_specials_must_fit_vocab() {
     // 261 ranks + 3 named specials need vocab_size >= 264.
     let mut s = Spec::new(Arch::Qwen);
@@ -353,6 +385,43 @@ fn qwen1_specials_must_fit_vocab() {
     let dir = TempDir::new("model");
     s.write(dir.path());
     expect_error(dir.path(), &["qwen.tiktoken", "<|im_end|>", "263"]);
+}
+
+#[test]
+fn output_must_be_a_regular_file_or_missing() {
+    let dir = TempDir::new("model");
+    Spec::new(Arch::Qwen2).write(dir.path());
+    let out_dir = TempDir::new("out");
+    // a symlink to a file: the rename would replace the link, not write through it
+    let target = out_dir.join("target.qbin");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = out_dir.join("link.qbin");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = convert(dir.path(), &link, "q4_0", &[]);
+    assert_one_line_error(&o, &["link.qbin", "not a regular file"]);
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // a FIFO (as /dev/null is a device): refused, left as it is
+    let fifo = out_dir.join("fifo");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = convert(dir.path(), &fifo, "q4_0", &[]);
+    assert_one_line_error(&o, &["fifo", "not a regular file"]);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // an existing regular file is replaced
+    let old = out_dir.join("old.qbin");
+    std::fs::write(&old, b"old").unwrap();
+    assert_ok(&convert(dir.path(), &old, "q8_0", &[]));
+    assert!(std::fs::read(&old).unwrap().starts_with(b"GGUF"));
 }
 
 #[test]

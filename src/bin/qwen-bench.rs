@@ -21,7 +21,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use qwen::{Model, ModelFile, State};
+use qwen::model::KvType;
+use qwen::{Model, ModelFile};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +57,13 @@ struct Args {
     /// Kernel level: scalar | avx2 | avx512 | neon (default: QWEN_KERNELS, else the best the CPU has).
     #[arg(long = "kernels", value_name = "LEVEL")]
     kernels: Option<String>,
+    /// KV cache type of the keys (also -ctk): f16 | f32 (default: f32 for f32
+    /// weight files, else f16).
+    #[arg(long = "cache-type-k", value_name = "TYPE", value_parser = parse_kv_type)]
+    cache_type_k: Option<KvType>,
+    /// KV cache type of the values (also -ctv): f16 | f32 (default: as for the keys).
+    #[arg(long = "cache-type-v", value_name = "TYPE", value_parser = parse_kv_type)]
+    cache_type_v: Option<KvType>,
     /// Skip the untimed warm-up run of each test.
     #[arg(long = "no-warmup")]
     no_warmup: bool,
@@ -73,9 +81,31 @@ const MAX_THREADS: usize = 1024;
 
 type Res<T> = Result<T, String>;
 
+fn parse_kv_type(s: &str) -> Res<KvType> {
+    s.parse()
+}
+
+/// [`qwen::cli::parse_args`] over the arguments with llama.cpp's `-ctk` / `-ctv`
+/// spelled long (see [`qwen::state::expand_kv_flag_aliases`]).
+fn parse_args() -> Result<Args, ExitCode> {
+    let argv = qwen::state::expand_kv_flag_aliases(std::env::args_os());
+    Args::try_parse_from(argv).map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        eprintln!("error: {first} (see --help)");
+        ExitCode::from(1)
+    })
+}
+
 fn main() -> ExitCode {
     qwen::cli::install_panic_hook();
-    let args: Args = match qwen::cli::parse_args() {
+    let args: Args = match parse_args() {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -177,7 +207,11 @@ fn run(args: &Args) -> Res<()> {
     let file = ModelFile::open(&args.model).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
     let model = Model::load(&g).map_err(|e| e.to_string())?;
-    let mut st = State::new(&model.config, n_ctx, args.batch_size.min(n_ctx));
+    let cache_k = args.cache_type_k.unwrap_or(model.default_kv_type());
+    let cache_v = args.cache_type_v.unwrap_or(cache_k);
+    let mut st = model
+        .try_new_state_kv(n_ctx, args.batch_size.min(n_ctx), cache_k, cache_v)
+        .map_err(|e| e.to_string())?;
     let load_s = t_load.elapsed().as_secs_f64();
 
     let cfg = &model.config;
@@ -205,7 +239,7 @@ fn run(args: &Args) -> Res<()> {
         eprintln!("kernels: {level}");
         eprintln!("threads: {threads}");
         eprintln!(
-            "model: {} arch={} type={} n_vocab={} n_embd={} n_layer={} n_head={} n_head_kv={} head_dim={} n_ff={} file={} bytes params={} decode_bytes_per_token={} kv_cache={} bytes",
+            "model: {} arch={} type={} n_vocab={} n_embd={} n_layer={} n_head={} n_head_kv={} head_dim={} n_ff={} file={} bytes params={} decode_bytes_per_token={} kv_cache={} bytes ({cache_k}/{cache_v})",
             model_name,
             cfg.arch.name(),
             main_type,
@@ -281,7 +315,7 @@ fn run(args: &Args) -> Res<()> {
             None => "null".to_string(),
         };
         println!(
-            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{}}}",
+            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{},\"kv_cache_bytes\":{},\"cache_type_k\":\"{cache_k}\",\"cache_type_v\":\"{cache_v}\"}}",
             js(pp),
             js(tg),
             json_num(load_s),
@@ -295,6 +329,7 @@ fn run(args: &Args) -> Res<()> {
             n_params,
             decode_bytes,
             serde_json::Value::String(main_type.clone()),
+            st.kv_bytes(),
         );
     } else {
         let model_col = format!("{} {}", model_name, main_type);
@@ -333,7 +368,7 @@ fn run(args: &Args) -> Res<()> {
         }
         println!();
         println!(
-            "load {:.1} ms (open + mmap + parse + Model::load + State::new), peak RSS {} (file {:.1} MiB, KV cache {:.1} MiB)",
+            "load {:.1} ms (open + mmap + parse + Model::load + State::new), peak RSS {} (file {:.1} MiB, KV cache {:.1} MiB {cache_k}/{cache_v})",
             load_s * 1e3,
             peak_rss.map_or_else(|| "unknown".to_string(), |b| format!("{:.1} MiB", mib(b))),
             mib(file_bytes),

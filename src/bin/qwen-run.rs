@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use quant_formats::gguf::Gguf;
 
-use qwen::model::Model;
+use qwen::model::{KvType, Model};
 use qwen::sampler::{GenerationDefaults, Sampler, SamplerParams};
 use qwen::tokenizer::{StreamDecoder, Tokenizer};
 use qwen::ModelFile;
@@ -57,9 +57,9 @@ struct Args {
     /// System prompt for chat.
     #[arg(long)]
     system: Option<String>,
-    /// Tokens to generate at most (default: until end of text or a full context).
-    #[arg(short = 'n', long = "n-predict")]
-    n_predict: Option<usize>,
+    /// Tokens to generate at most (default, -1 or -2: until end of text or a full context).
+    #[arg(short = 'n', long = "n-predict", allow_negative_numbers = true)]
+    n_predict: Option<i64>,
     /// Sampling temperature; 0 = greedy.
     #[arg(long)]
     temp: Option<f32>,
@@ -71,14 +71,16 @@ struct Args {
     min_p: Option<f32>,
     #[arg(long)]
     repeat_penalty: Option<f32>,
-    #[arg(long)]
-    repeat_last_n: Option<usize>,
+    /// Tokens the repeat penalty looks back over (0 = off, -1 = the whole context;
+    /// default 64, or the whole context for a penalty from the file's HF generation config).
+    #[arg(long, allow_negative_numbers = true)]
+    repeat_last_n: Option<i64>,
     /// Stop generating when this text appears (repeatable).
     #[arg(long)]
     stop: Vec<String>,
-    /// Random seed for sampling.
-    #[arg(long)]
-    seed: Option<u64>,
+    /// Random seed for sampling (default or -1: a random one; -v prints it).
+    #[arg(short = 's', long, allow_negative_numbers = true)]
+    seed: Option<i64>,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
@@ -91,6 +93,13 @@ struct Args {
     /// Kernel level: scalar, avx2, avx512, neon (default: the best this CPU has).
     #[arg(long)]
     kernels: Option<String>,
+    /// KV cache type of the keys (also -ctk): f16 | f32 (default: f32 for f32
+    /// weight files, whose logits are held to 1e-3 of transformers; else f16).
+    #[arg(long = "cache-type-k", value_name = "TYPE", value_parser = parse_kv_type)]
+    cache_type_k: Option<KvType>,
+    /// KV cache type of the values (also -ctv): f16 | f32 (default: as for the keys).
+    #[arg(long = "cache-type-v", value_name = "TYPE", value_parser = parse_kv_type)]
+    cache_type_v: Option<KvType>,
     /// Read stdin as UTF-8 text and print its token ids as a JSON array.
     #[arg(long, conflicts_with_all = ["detokenize", "token_ids"])]
     tokenize: bool,
@@ -107,9 +116,31 @@ struct Args {
 
 type Res<T> = Result<T, String>;
 
+fn parse_kv_type(s: &str) -> Res<KvType> {
+    s.parse()
+}
+
+/// [`qwen::cli::parse_args`] over the arguments with llama.cpp's `-ctk` / `-ctv`
+/// spelled long (see [`qwen::state::expand_kv_flag_aliases`]).
+fn parse_args() -> Result<Args, ExitCode> {
+    let argv = qwen::state::expand_kv_flag_aliases(std::env::args_os());
+    Args::try_parse_from(argv).map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        eprintln!("error: {first} (see --help)");
+        ExitCode::from(1)
+    })
+}
+
 fn main() -> ExitCode {
     qwen::cli::install_panic_hook();
-    let args: Args = match qwen::cli::parse_args() {
+    let args: Args = match parse_args() {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -227,6 +258,7 @@ fn run(args: Args) -> Res<ExitCode> {
             args.batch_size,
             out,
             args.dump_layers.as_deref(),
+            kv_types(&args, &model),
         )
         .map(|()| ExitCode::SUCCESS);
     }
@@ -245,7 +277,7 @@ fn run(args: Args) -> Res<ExitCode> {
             .ok_or("--mode generate needs -p PROMPT")?;
         let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
         let n_ctx = context_size(&args, cfg.n_ctx_train, 0)?;
-        let params = sampler_params(&args, &g)?;
+        let params = sampler_params(&args, &g, n_ctx)?;
         return generate(&model, &tok, &g, &args, prompt, n_ctx, params)
             .map(|()| ExitCode::SUCCESS);
     }
@@ -258,7 +290,7 @@ fn run(args: Args) -> Res<ExitCode> {
     }
     let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
     let n_ctx = context_size(&args, cfg.n_ctx_train, 0)?;
-    let params = sampler_params(&args, &g)?;
+    let params = sampler_params(&args, &g, n_ctx)?;
     chat(&model, &tok, &g, &args, n_ctx, params).map(|()| ExitCode::SUCCESS)
 }
 
@@ -311,9 +343,10 @@ fn dump_logits(
     batch: usize,
     out: &PathBuf,
     layers: Option<&std::path::Path>,
+    (k, v): (KvType, KvType),
 ) -> Res<()> {
     let mut st = model
-        .try_new_state(n_ctx, batch)
+        .try_new_state_kv(n_ctx, batch, k, v)
         .map_err(|e| e.to_string())?;
     if layers.is_some() {
         st.trace = Some(Vec::new());
@@ -327,14 +360,7 @@ fn dump_logits(
         write_layers(dir, &traces)?;
     }
     let logits = &st.logits[..ids.len() * model.config.n_vocab];
-    let f =
-        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    qwen::npy::write_f32(
-        io::BufWriter::new(f),
-        &[ids.len(), model.config.n_vocab],
-        logits,
-    )
-    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    qwen::npy::write_f32_file(out, &[ids.len(), model.config.n_vocab], logits)?;
     eprintln!(
         "evaluated {} tokens in {:.3} s ({:.1} tokens/s); logits [{}, {}] -> {}",
         ids.len(),
@@ -398,22 +424,9 @@ fn tokenize_mode(tok: &Tokenizer, encode: bool) -> Res<()> {
     Ok(())
 }
 
-/// Generation defaults the file carries (qwen_rs.generation.*).
-fn file_defaults(g: &Gguf) -> Res<GenerationDefaults> {
-    let f = |k: &str| g.get_f32(k).map_err(|e| format!("metadata key '{k}': {e}"));
-    Ok(GenerationDefaults {
-        temperature: f("qwen_rs.generation.temperature")?,
-        top_p: f("qwen_rs.generation.top_p")?,
-        top_k: g
-            .get_u32("qwen_rs.generation.top_k")
-            .map_err(|e| format!("metadata key 'qwen_rs.generation.top_k': {e}"))?,
-        repetition_penalty: f("qwen_rs.generation.repetition_penalty")?,
-    })
-}
-
-/// File defaults overridden by the command line.
-fn sampler_params(args: &Args, g: &Gguf) -> Res<SamplerParams> {
-    let mut p = SamplerParams::with_file_defaults(&file_defaults(g)?);
+/// File defaults overridden by the command line; `n_ctx` bounds the penalty window.
+fn sampler_params(args: &Args, g: &Gguf, n_ctx: usize) -> Res<SamplerParams> {
+    let mut p = SamplerParams::with_file_defaults(&GenerationDefaults::from_gguf(g)?);
     if let Some(v) = args.temp {
         p.temperature = v;
     }
@@ -429,14 +442,49 @@ fn sampler_params(args: &Args, g: &Gguf) -> Res<SamplerParams> {
     if let Some(v) = args.repeat_penalty {
         p.repeat_penalty = v;
     }
-    if let Some(v) = args.repeat_last_n {
-        p.repeat_last_n = v;
+    match args.repeat_last_n {
+        None => {}
+        Some(-1) => p.repeat_last_n = n_ctx,
+        Some(n) => {
+            p.repeat_last_n = usize::try_from(n).map_err(|_| {
+                format!("--repeat-last-n {n}: use 0 (off), -1 (whole context) or a count")
+            })?
+        }
     }
-    if let Some(v) = args.seed {
-        p.seed = v;
+    p.repeat_last_n = p.repeat_last_n.min(n_ctx);
+    p.seed = match args.seed {
+        None | Some(-1) => random_seed(),
+        Some(s) => {
+            u64::try_from(s).map_err(|_| format!("--seed {s}: use -1 (random) or a number >= 0"))?
+        }
+    };
+    if args.verbose {
+        eprintln!("seed: {}", p.seed);
     }
     p.validate().map_err(|e| e.to_string())?;
     Ok(p)
+}
+
+/// A seed from the clock and the process id (llama.cpp's default seed is random too).
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut h = t ^ (u64::from(std::process::id()) << 32);
+    // splitmix64 finaliser: nearby clocks give unrelated seeds.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (h ^ (h >> 31)) & 0xffff_ffff
+}
+
+/// -n: None = no limit (-1 and -2, llama.cpp's "infinite" and "until the context is full").
+fn n_predict(args: &Args) -> Res<Option<usize>> {
+    match args.n_predict {
+        None | Some(-1) | Some(-2) => Ok(None),
+        Some(n) => usize::try_from(n).map(Some).map_err(|_| {
+            format!("-n {n}: use a count, -1 (no limit) or -2 (until the context is full)")
+        }),
+    }
 }
 
 /// Ids that end generation: the tokenizer's eos ids (the file's eos and
@@ -541,13 +589,13 @@ fn generate(
     }
     let mut sampler = Sampler::new(params).map_err(|e| e.to_string())?;
     let eos = stop_ids(tok);
+    let (k, v) = kv_types(args, model);
     let mut st = model
-        .try_new_state(n_ctx, args.batch_size)
+        .try_new_state_kv(n_ctx, args.batch_size, k, v)
         .map_err(|e| e.to_string())?;
 
     let t0 = Instant::now();
-    let mut logits = model
-        .forward(&mut st, &ids, 0, false)
+    let mut logits = qwen::progress::forward_with_progress(model, &mut st, &ids, 0)
         .map_err(|e| e.to_string())?;
     let t_prompt = t0.elapsed().as_secs_f64();
     for &id in &ids {
@@ -561,7 +609,7 @@ fn generate(
         text: String::new(),
         printed: 0,
     };
-    let max_new = args.n_predict.unwrap_or(usize::MAX);
+    let max_new = n_predict(args)?.unwrap_or(usize::MAX);
     let mut pos = ids.len();
     let mut n_gen = 0usize;
     let t1 = Instant::now();
@@ -625,9 +673,10 @@ fn chat(
     params: SamplerParams,
 ) -> Res<()> {
     // The session allocates its own State; find out first whether it fits.
+    let (k, v) = kv_types(args, model);
     drop(
         model
-            .try_new_state(n_ctx, args.batch_size.min(n_ctx))
+            .try_new_state_kv(n_ctx, args.batch_size.min(n_ctx), k, v)
             .map_err(|e| e.to_string())?,
     );
     let template = qwen::chat::ChatTemplate::from_gguf(g, tok).map_err(|e| e.to_string())?;
@@ -636,12 +685,18 @@ fn chat(
         system: args.system.clone(),
         prompt: args.prompt.clone(),
         interactive: args.interactive,
-        n_predict: args.n_predict,
+        n_predict: n_predict(args)?,
         stop: args.stop.clone(),
         sampler: params,
         n_ctx,
         batch_size: args.batch_size,
         verbose: args.verbose,
     };
-    qwen::interactive::run(model, tok, &opts)
+    qwen::interactive::run_kv(model, tok, &opts, (k, v))
+}
+
+/// The KV cache types: the flags, else the model's default (f32 for f32 files).
+fn kv_types(args: &Args, model: &Model) -> (KvType, KvType) {
+    let k = args.cache_type_k.unwrap_or(model.default_kv_type());
+    (k, args.cache_type_v.unwrap_or(k))
 }

@@ -26,6 +26,7 @@ pub(super) fn neon() -> Option<&'static Kernels> {
 
 static NEON: Kernels = Kernels {
     name: "neon",
+    variant: "",
     tile_tokens: 4,
     quantize: generic::quantize_q8,
     q4_0,
@@ -36,6 +37,7 @@ static NEON: Kernels = Kernels {
     f32: f32_tile,
     f16: f16_tile,
     bf16: bf16_tile,
+    gemm: None,
 };
 
 /// `acc + sum of 4 neighbouring i8 products` per i32 lane (`sdot`).
@@ -138,22 +140,24 @@ macro_rules! q_tile {
             }
         }
 
-        fn $name(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
-            let nt = out.len();
-            assert!(
-                (1..=4).contains(&nt) && x.len() == act_groups(w.len()) * nt,
-                "tile: {} activation groups for {nt} tokens x {} blocks (max 4 tokens)",
-                x.len(),
-                w.len()
-            );
-            // SAFETY: only reachable through the table `neon()` returns after checking
-            // NEON, dotprod and fp16 at run time; lengths checked above.
-            unsafe {
-                match nt {
-                    1 => $inner::<1>(w, x, out),
-                    2 => $inner::<2>(w, x, out),
-                    3 => $inner::<3>(w, x, out),
-                    _ => $inner::<4>(w, x, out),
+        /// Rows one after another through the one-row tile.
+        fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
+            let (nb, nt) = super::q_tile_shape(w.len(), rows, x.len(), out.len(), 4);
+            let mut col = [0.0f32; 4];
+            for r in 0..rows {
+                let (wr, o) = (&w[r * nb..(r + 1) * nb], &mut col[..nt]);
+                // SAFETY: only reachable through the table `neon()` returns after checking
+                // NEON, dotprod and fp16 at run time; lengths checked above.
+                unsafe {
+                    match nt {
+                        1 => $inner::<1>(wr, x, o),
+                        2 => $inner::<2>(wr, x, o),
+                        3 => $inner::<3>(wr, x, o),
+                        _ => $inner::<4>(wr, x, o),
+                    }
+                }
+                for t in 0..nt {
+                    out[t * rows + r] = col[t];
                 }
             }
         }

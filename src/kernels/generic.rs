@@ -8,13 +8,14 @@
 //! dotted with f32 activations; ggml instead rounds the activations to f16/bf16
 //! first, so ours is the more exact of the two.
 
-use super::{act_groups, ActQ8x4, Kernels};
+use super::{act_groups, ActGemm, ActQ8x4, GemmRows, Kernels, GEMM_ROWS, GEMM_TOKENS};
 use half::{bf16, f16};
 use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
 
 /// The scalar dispatch table.
 pub static SCALAR: Kernels = Kernels {
     name: "scalar",
+    variant: "",
     tile_tokens: 4,
     quantize: quantize_q8,
     q4_0: tile_q4_0,
@@ -25,6 +26,7 @@ pub static SCALAR: Kernels = Kernels {
     f32: tile_f32,
     f16: tile_f16,
     bf16: tile_bf16,
+    gemm: None,
 };
 
 /// `MAX(a, b)` as ggml's macro: `a > b ? a : b` (a NaN `b` wins, as with `maxps`).
@@ -62,8 +64,9 @@ pub fn store_block(g: &mut ActQ8x4, b: usize, d: f32, qs: &[i8; 32], sum: i32, s
     g.s[b] = s;
 }
 
-/// Activations -> q8 groups; `x`: [32 * nb], `y`: [act_groups(nb)]; blocks past nb zeroed.
-pub fn quantize_q8(x: &[f32], y: &mut [ActQ8x4]) {
+/// Activations -> q8 groups; `x`: [32 * nb], `y`: [act_groups(nb)]; blocks past nb
+/// zeroed. Returns whether every value of `x` is finite.
+pub fn quantize_q8(x: &[f32], y: &mut [ActQ8x4]) -> bool {
     let nb = x.len() / QK;
     assert!(
         x.len().is_multiple_of(QK) && y.len() == act_groups(nb),
@@ -71,14 +74,17 @@ pub fn quantize_q8(x: &[f32], y: &mut [ActQ8x4]) {
         x.len(),
         y.len()
     );
+    let mut finite = true;
     for (g, xg) in y.iter_mut().zip(x.chunks(4 * QK)) {
         *g = ActQ8x4::default();
         for (b, xb) in xg.chunks_exact(QK).enumerate() {
+            finite &= xb.iter().all(|v| v.is_finite());
             let (d, qs, s) = quantize_block(xb);
             let sum = qs.iter().map(|&q| q as i32).sum();
             store_block(g, b, d, &qs, sum, s);
         }
     }
+    finite
 }
 
 /// Σ w_j · y_j over one block with integer weights `wq` (element order).
@@ -200,36 +206,28 @@ pub fn vec_dot_bf16_f32(w: &[bf16], x: &[f32]) -> f32 {
     dot_widened(w, x, bf16::to_f32)
 }
 
-/// A tile kernel from a dot product: `out[t] = dot(w, x[t])`.
+/// A tile kernel from a dot product: `out[t * rows + r] = dot(w[r], x[t])`.
 macro_rules! tile_from_dot {
-    ($name:ident, $dot:ident, $w:ty, $a:ty, $per_row:expr) => {
-        #[doc = concat!("Tile of `", stringify!($dot), "`: `out[t] = dot(w, x[t])`.")]
-        pub fn $name(w: &[$w], x: &[$a], out: &mut [f32]) {
-            let per_row: usize = $per_row(w.len());
-            assert_eq!(
-                x.len(),
-                per_row * out.len(),
-                "tile: x has {} items, want {} x {}",
-                x.len(),
-                out.len(),
-                per_row
-            );
-            if per_row == 0 {
-                out.fill(0.0);
-                return;
-            }
-            for (o, xt) in out.iter_mut().zip(x.chunks_exact(per_row)) {
-                *o = $dot(w, xt);
+    ($name:ident, $dot:ident, $w:ty) => {
+        #[doc = concat!("Tile of `", stringify!($dot), "`: `out[t * rows + r] = dot(w[r], x[t])`.")]
+        pub fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
+            let (nb, nt) =
+                super::q_tile_shape(w.len(), rows, x.len(), out.len(), super::MAX_TILE_TOKENS);
+            let ng = act_groups(nb);
+            for t in 0..nt {
+                for r in 0..rows {
+                    out[t * rows + r] = $dot(&w[r * nb..(r + 1) * nb], &x[t * ng..(t + 1) * ng]);
+                }
             }
         }
     };
 }
 
-tile_from_dot!(tile_q4_0, vec_dot_q4_0, BlockQ4_0, ActQ8x4, act_groups);
-tile_from_dot!(tile_q4_1, vec_dot_q4_1, BlockQ4_1, ActQ8x4, act_groups);
-tile_from_dot!(tile_q5_0, vec_dot_q5_0, BlockQ5_0, ActQ8x4, act_groups);
-tile_from_dot!(tile_q5_1, vec_dot_q5_1, BlockQ5_1, ActQ8x4, act_groups);
-tile_from_dot!(tile_q8_0, vec_dot_q8_0, BlockQ8_0, ActQ8x4, act_groups);
+tile_from_dot!(tile_q4_0, vec_dot_q4_0, BlockQ4_0);
+tile_from_dot!(tile_q4_1, vec_dot_q4_1, BlockQ4_1);
+tile_from_dot!(tile_q5_0, vec_dot_q5_0, BlockQ5_0);
+tile_from_dot!(tile_q5_1, vec_dot_q5_1, BlockQ5_1);
+tile_from_dot!(tile_q8_0, vec_dot_q8_0, BlockQ8_0);
 
 /// A float tile from a dot product: `out[t * rows + r] = dot(w[r], x[t])`.
 macro_rules! float_tile_from_dot {
@@ -249,3 +247,95 @@ macro_rules! float_tile_from_dot {
 float_tile_from_dot!(tile_f32, vec_dot_f32, f32);
 float_tile_from_dot!(tile_f16, vec_dot_f16_f32, f16);
 float_tile_from_dot!(tile_bf16, vec_dot_bf16_f32, bf16);
+
+/// The GEMM's spec ([`super::GemmFn`]): per row and token, over blocks in order,
+/// `acc = fma(f32(isum), d_w * d_x, acc)`.
+pub fn gemm(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    let nb = x.len();
+    super::gemm_shape(w, nb, out.len());
+    for r in 0..GEMM_ROWS {
+        for t in 0..GEMM_TOKENS {
+            let mut acc = 0.0f32;
+            for (b, xb) in x.iter().enumerate() {
+                let wq = &w.q[(r * nb + b) * 32..(r * nb + b + 1) * 32];
+                let mut isum = w.bias[r * nb + b];
+                for (k, q) in xb.q.iter().enumerate() {
+                    for j in 0..4 {
+                        isum += q[4 * t + j] as i32 * wq[4 * k + j] as i32;
+                    }
+                }
+                acc = (isum as f32).mul_add(w.d[r * nb + b] * xb.d[t], acc);
+            }
+            out[t * GEMM_ROWS + r] = acc;
+        }
+    }
+}
+
+/// `-128 * sum(codes)` of one unpacked block.
+#[inline]
+fn gemm_bias(q: &[i8]) -> i32 {
+    let mut sum = 0i32;
+    for &c in q {
+        sum += c as i32;
+    }
+    -128 * sum
+}
+
+// The unpackers run once per 4 rows per prefill round (amortized over every token
+// block), written as plain loops the compiler vectorizes.
+
+/// q4_0 rows ([rows, nb]) into GEMM rows: codes `nibble - 8`.
+pub fn unpack_gemm_q4_0(
+    w: &[BlockQ4_0],
+    _nb: usize,
+    q: &mut [i8],
+    bias: &mut [i32],
+    d: &mut [f32],
+) {
+    for (i, blk) in w.iter().enumerate() {
+        let qb = &mut q[32 * i..32 * i + 32];
+        for j in 0..16 {
+            qb[j] = (blk.qs[j] & 0x0F) as i8 - 8;
+            qb[j + 16] = (blk.qs[j] >> 4) as i8 - 8;
+        }
+        bias[i] = gemm_bias(qb);
+        d[i] = blk.d.to_f32();
+    }
+}
+
+/// q5_0 rows into GEMM rows: codes `(nibble | fifth bit << 4) - 16`.
+pub fn unpack_gemm_q5_0(
+    w: &[BlockQ5_0],
+    _nb: usize,
+    q: &mut [i8],
+    bias: &mut [i32],
+    d: &mut [f32],
+) {
+    for (i, blk) in w.iter().enumerate() {
+        let qb = &mut q[32 * i..32 * i + 32];
+        let h = u32::from_le_bytes(blk.qh);
+        for j in 0..16 {
+            let (h0, h1) = (((h >> j) & 1) << 4, ((h >> (j + 16)) & 1) << 4);
+            qb[j] = ((blk.qs[j] & 0x0F) as u32 | h0) as i8 - 16;
+            qb[j + 16] = ((blk.qs[j] >> 4) as u32 | h1) as i8 - 16;
+        }
+        bias[i] = gemm_bias(qb);
+        d[i] = blk.d.to_f32();
+    }
+}
+
+/// q8_0 rows into GEMM rows: the codes as they are.
+pub fn unpack_gemm_q8_0(
+    w: &[BlockQ8_0],
+    _nb: usize,
+    q: &mut [i8],
+    bias: &mut [i32],
+    d: &mut [f32],
+) {
+    for (i, blk) in w.iter().enumerate() {
+        let qb = &mut q[32 * i..32 * i + 32];
+        qb.copy_from_slice(&blk.qs);
+        bias[i] = gemm_bias(qb);
+        d[i] = blk.d.to_f32();
+    }
+}

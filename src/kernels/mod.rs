@@ -20,6 +20,7 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+pub mod attn;
 pub mod generic;
 pub mod kq;
 #[cfg(target_arch = "aarch64")]
@@ -31,7 +32,7 @@ mod par;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use par::{for_each_row_chunk, RowChunkOut};
+pub use par::{for_each_row_chunk, for_each_row_chunk_multi, RowChunkOut};
 
 use half::{bf16, f16};
 use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
@@ -104,15 +105,23 @@ pub const fn act_groups(nb: usize) -> usize {
     nb.div_ceil(4)
 }
 
-/// A tile kernel: one weight row against `out.len()` activation rows.
-///
-/// `w`: [nb] blocks of one weight row; `x`: [out.len(), act_groups(nb)] (token-major);
-/// `out[t] = dot(w, x[t])`. Requires `1 <= out.len() <= Kernels::tile_tokens` and
-/// matching lengths (checked; a violation panics, it is a bug).
-pub type TileFn<W> = fn(w: &[W], x: &[ActQ8x4], out: &mut [f32]);
+/// Most weight rows any tile kernel (quantized or float) takes in one call.
+pub const MAX_TILE_ROWS: usize = 4;
 
-/// Most weight rows a float tile takes in one call.
-pub const MAX_FLOAT_ROWS: usize = 4;
+/// Most weight rows a float tile takes in one call (= [`MAX_TILE_ROWS`]).
+pub const MAX_FLOAT_ROWS: usize = MAX_TILE_ROWS;
+
+/// A quantized tile: `rows` weight rows against `nt` tokens of q8 activations, so
+/// each activation group is loaded once for all rows and each weight block unpacked
+/// once for all tokens.
+///
+/// `w`: [rows, nb] blocks; `x`: [nt, act_groups(nb)] (token-major); `out`: [nt, rows]
+/// with `out[t * rows + r] = dot(w[r], x[t])`. Requires `1 <= rows <= MAX_TILE_ROWS`,
+/// `1 <= nt <= Kernels::tile_tokens` and matching lengths (checked; a violation
+/// panics, it is a bug). A row's result does not depend on `rows` or `nt` (each
+/// row and token is summed in the same order whatever tile it is part of), so
+/// results are identical however the matmul splits a matrix.
+pub type TileFn<W> = fn(w: &[W], rows: usize, x: &[ActQ8x4], out: &mut [f32]);
 
 /// A float tile: `rows` weight rows against `nt` tokens of f32 activations.
 /// `w`: [rows, n]; `x`: [nt, n]; `out`: [nt, rows] (`out[t * rows + r]`), with
@@ -124,11 +133,16 @@ pub type FloatTileFn<W> = fn(w: &[W], rows: usize, x: &[f32], out: &mut [f32]);
 pub struct Kernels {
     /// "scalar" | "avx2" | "avx512" | "neon".
     pub name: &'static str,
+    /// Which of the level's tables ("" when it has one; "vnni" or "vnni+vbmi" for
+    /// avx512). Variants give identical results.
+    pub variant: &'static str,
     /// Most tokens one tile call handles (<= [`MAX_TILE_TOKENS`]).
     pub tile_tokens: usize,
     /// f32 -> q8 activations (ggml's `_ref` rounding, q8_0 and q8_1 data at once);
-    /// `x`: [32 * nb], `y`: [act_groups(nb)] with `nb = x.len() / 32`.
-    pub quantize: fn(x: &[f32], y: &mut [ActQ8x4]),
+    /// `x`: [32 * nb], `y`: [act_groups(nb)] with `nb = x.len() / 32`. Returns whether
+    /// every value of `x` was finite (if not, `y` holds meaningless codes): the
+    /// matmul's NaN check rides on this pass over the activations.
+    pub quantize: fn(x: &[f32], y: &mut [ActQ8x4]) -> bool,
     pub q4_0: TileFn<BlockQ4_0>,
     pub q4_1: TileFn<BlockQ4_1>,
     pub q5_0: TileFn<BlockQ5_0>,
@@ -137,6 +151,92 @@ pub struct Kernels {
     pub f32: FloatTileFn<f32>,
     pub f16: FloatTileFn<f16>,
     pub bf16: FloatTileFn<bf16>,
+    /// The prefill GEMM (see [`GemmFn`]) where this level has one; `None`: blocks of
+    /// tokens go through the tiles.
+    pub gemm: Option<GemmFn>,
+}
+
+/// Tokens per GEMM token block (the 16 i32 lanes of a zmm register).
+pub const GEMM_TOKENS: usize = 16;
+
+/// Rows per GEMM call.
+pub const GEMM_ROWS: usize = 4;
+
+/// One weight block's q8 activations for a block of [`GEMM_TOKENS`] tokens, laid out
+/// for a GEMM that broadcasts 4 weight codes against 16 tokens at a time:
+/// `q[k][4 * t + j]` = code `4k + j` of token `t`, plus 128 (as u8, so that `vpdpbusd`
+/// can take it as its unsigned operand); `d[t]` = token t's block scale (0 for the
+/// padding tokens of a partial block, whose codes are 128).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ActGemm {
+    pub q: [[u8; 64]; 8],
+    pub d: [f32; 16],
+}
+const _: () = assert!(std::mem::size_of::<ActGemm>() == 576);
+
+impl Default for ActGemm {
+    fn default() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+/// Weight rows unpacked for the GEMM: for each of [`GEMM_ROWS`] rows and each of its
+/// `nb` blocks, the 32 codes as signed bytes in element order (`q`: [rows, nb, 32]),
+/// `-128 * sum(codes)` (`bias`: [rows, nb], undoes the +128 of the activations) and
+/// the block scale (`d`: [rows, nb]). Weight types whose value is `d * code`
+/// (q4_0, q5_0, q8_0) unpack to this; see `generic::unpack_gemm_*`.
+#[derive(Debug)]
+pub struct GemmRows<'a> {
+    pub q: &'a [i8],
+    pub bias: &'a [i32],
+    pub d: &'a [f32],
+}
+
+/// GEMM of [`GEMM_ROWS`] unpacked weight rows `w` ([rows, nb]) against one token block
+/// `x` ([nb] of [`ActGemm`]): `out[t * GEMM_ROWS + r]` ([16, 4]) =
+/// `sum over blocks b, in order, of f32(isum(r, b, t)) * (d_w * d_x)` with one fused
+/// multiply-add per block, isum the exact integer dot of the block's codes. The
+/// scalar twin is `generic::gemm`; SIMD levels equal it bit for bit. (The sum order
+/// differs from the tiles', so a token's prefill result may differ from its decode
+/// result in the last bits.)
+pub type GemmFn = fn(w: &GemmRows, x: &[ActGemm], out: &mut [f32]);
+
+/// Builds token block `x` ([nb] of [`ActGemm`]) from up to 16 tokens of quantized
+/// activations `acts` ([nt, act_groups(nb)]); tokens past `nt` are padding (codes
+/// 128, scale 0). Panics (a bug) if `nt` is not in 1..=16 or lengths do not fit.
+pub fn gemm_acts(acts: &[ActQ8x4], nt: usize, x: &mut [ActGemm]) {
+    let nb = x.len();
+    let ng = act_groups(nb);
+    assert!(
+        (1..=GEMM_TOKENS).contains(&nt) && acts.len() == nt * ng,
+        "gemm_acts: {} groups for {nt} tokens x {nb} blocks",
+        acts.len()
+    );
+    for (b, xb) in x.iter_mut().enumerate() {
+        let (gi, bb) = (b / 4, b % 4);
+        for t in 0..GEMM_TOKENS {
+            if t < nt {
+                let g = &acts[t * ng + gi];
+                for k in 0..8 {
+                    let src = if k < 4 {
+                        &g.lo[16 * bb + 4 * k..16 * bb + 4 * k + 4]
+                    } else {
+                        &g.hi[16 * bb + 4 * (k - 4)..16 * bb + 4 * (k - 4) + 4]
+                    };
+                    for j in 0..4 {
+                        xb.q[k][4 * t + j] = (src[j] as u8) ^ 0x80;
+                    }
+                }
+                xb.d[t] = g.d[bb];
+            } else {
+                for k in 0..8 {
+                    xb.q[k][4 * t..4 * t + 4].fill(0x80);
+                }
+                xb.d[t] = 0.0;
+            }
+        }
+    }
 }
 
 /// Every level this build knows, best last. Whether the CPU has it is asked by [`table`].
@@ -153,6 +253,17 @@ pub fn table(level: &str) -> Option<&'static Kernels> {
         #[cfg(target_arch = "aarch64")]
         "neon" => aarch64::neon(),
         _ => None,
+    }
+}
+
+/// Every table of `level` this CPU supports (a level may have variants that differ
+/// only in how they compute, e.g. avx512 with and without VBMI), the one
+/// [`table`] picks last. Tests hold each against the scalar twin.
+pub fn variants(level: &str) -> Vec<&'static Kernels> {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => x86::avx512_variants(),
+        _ => table(level).into_iter().collect(),
     }
 }
 
@@ -259,9 +370,9 @@ impl Kernels {
     }
 }
 
-fn dot1<W, A>(f: fn(&[W], &[A], &mut [f32]), w: &[W], x: &[A]) -> f32 {
+fn dot1<W>(f: TileFn<W>, w: &[W], x: &[ActQ8x4]) -> f32 {
     let mut out = [0.0f32];
-    f(w, x, &mut out);
+    f(w, 1, x, &mut out);
     out[0]
 }
 
@@ -269,6 +380,43 @@ fn fdot1<W>(f: FloatTileFn<W>, w: &[W], x: &[f32]) -> f32 {
     let mut out = [0.0f32];
     f(w, 1, x, &mut out);
     out[0]
+}
+
+/// Checks a GEMM call's shapes. Panics (a bug) when they do not fit.
+pub(crate) fn gemm_shape(w: &GemmRows, nb: usize, out_len: usize) {
+    assert!(
+        w.q.len() == GEMM_ROWS * nb * 32
+            && w.bias.len() == GEMM_ROWS * nb
+            && w.d.len() == GEMM_ROWS * nb
+            && out_len == GEMM_ROWS * GEMM_TOKENS,
+        "gemm: {} codes, {} sums, {} scales for {GEMM_ROWS} rows x {nb} blocks, {out_len} outputs",
+        w.q.len(),
+        w.bias.len(),
+        w.d.len()
+    );
+}
+
+/// Checks a quantized tile's shapes; returns (nb, nt). Panics (a bug) when they do not fit.
+pub(crate) fn q_tile_shape(
+    w_len: usize,
+    rows: usize,
+    x_len: usize,
+    out_len: usize,
+    max_nt: usize,
+) -> (usize, usize) {
+    assert!(
+        (1..=MAX_TILE_ROWS).contains(&rows),
+        "tile: {rows} rows (max {MAX_TILE_ROWS})"
+    );
+    let (nb, nt) = (w_len / rows, out_len / rows);
+    assert!(
+        w_len == nb * rows
+            && out_len == nt * rows
+            && (1..=max_nt).contains(&nt)
+            && x_len == nt * act_groups(nb),
+        "tile: {w_len} blocks, {rows} rows, {x_len} activation groups, {out_len} outputs (max {max_nt} tokens)"
+    );
+    (nb, nt)
 }
 
 /// Checks a float tile's shapes; returns (n, nt). Panics (a bug) when they do not fit.

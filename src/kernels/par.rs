@@ -1,14 +1,18 @@
-//! Row-parallel driver: splits the rows of a `[n_tok, rows]` output into chunks
+//! Row-parallel driver: splits the rows of `[n_tok, rows]` outputs into chunks
 //! handed to rayon's current pool one by one (work stealing, no fixed shares), so
 //! a thread that is descheduled by a busy neighbour holds up at most one chunk.
+//! Several outputs (one per matrix of a fused call) share one dispatch.
 
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-/// Write access to the rows `r0..r1` of every token of `y` ([n_tok, rows]).
-/// Only [`for_each_row_chunk`] makes these, with disjoint row ranges.
+/// Write access to the rows `r0..r1` of the tokens `t0..t0 + n_tok` of one output
+/// `y` ([all tokens, rows]); token indices passed to its methods count from `t0`.
+/// Only [`for_each_row_chunk`] / [`for_each_row_chunk_multi`] make these, with
+/// disjoint row ranges.
 pub struct RowChunkOut<'a> {
+    /// Points at `y[t0 * rows]`.
     ptr: *mut f32,
     rows: usize,
     n_tok: usize,
@@ -18,7 +22,7 @@ pub struct RowChunkOut<'a> {
 }
 
 // SAFETY: a `RowChunkOut` is the only writer of its row range of `y` (ranges are
-// disjoint, see `for_each_row_chunk`), and `y` is mutably borrowed for `'a`.
+// disjoint, see `for_each_row_chunk_multi`), and `y` is mutably borrowed for `'a`.
 unsafe impl Send for RowChunkOut<'_> {}
 
 impl RowChunkOut<'_> {
@@ -41,9 +45,42 @@ impl RowChunkOut<'_> {
         );
         for (i, &v) in vals.iter().enumerate() {
             // SAFETY: r < rows and t0 + i < n_tok (checked above), so the index is
-            // inside y (len n_tok * rows, checked in for_each_row_chunk); row r belongs
-            // to this chunk only, so no other thread writes this element.
+            // inside the tokens of y this chunk covers (checked in
+            // for_each_row_chunk_multi); row r belongs to this chunk only, so no other
+            // thread writes this element.
             unsafe { *self.ptr.add((t0 + i) * self.rows + r) = v };
+        }
+    }
+
+    /// A tile's results: `y[(t0 + t) * rows + r0 + r] = vals[t * n_rows + r]` for
+    /// `vals`: [nt, n_rows]. Panics (a bug) if the rows `r0..r0 + n_rows` are not all
+    /// this chunk's or the tokens run past `n_tok`.
+    #[inline]
+    pub fn write_tile(&mut self, r0: usize, n_rows: usize, t0: usize, vals: &[f32]) {
+        let nt = vals.len() / n_rows.max(1);
+        assert!(
+            n_rows > 0
+                && vals.len() == nt * n_rows
+                && self.r0 <= r0
+                && r0 + n_rows <= self.r1
+                && t0 + nt <= self.n_tok,
+            "rows {r0}+{n_rows} tokens {t0}+{nt} outside chunk {}..{} x {}",
+            self.r0,
+            self.r1,
+            self.n_tok
+        );
+        for (t, v) in vals.chunks_exact(n_rows).enumerate() {
+            // SAFETY: r0 + n_rows <= r1 <= rows and t0 + t < n_tok (checked above), so
+            // the n_rows elements from (t0 + t) * rows + r0 are inside the tokens of y
+            // this chunk covers (checked in for_each_row_chunk_multi); those rows
+            // belong to this chunk only, so no other thread writes them.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    v.as_ptr(),
+                    self.ptr.add((t0 + t) * self.rows + r0),
+                    n_rows,
+                )
+            };
         }
     }
 }
@@ -61,32 +98,85 @@ pub fn for_each_row_chunk<F>(
 ) where
     F: Fn(RowChunkOut<'_>) + Sync,
 {
-    assert_eq!(
-        y.len(),
-        n_tok * rows,
-        "output has {} values, want {n_tok} x {rows}",
-        y.len()
-    );
-    assert!(chunk > 0, "row chunk must be > 0");
-    let ptr = y.as_mut_ptr() as usize;
-    let make = |c: usize| RowChunkOut {
-        ptr: ptr as *mut f32,
-        rows,
+    for_each_row_chunk_multi(
+        &mut [y],
+        &[rows],
         n_tok,
-        r0: c * chunk,
-        r1: ((c + 1) * chunk).min(rows),
-        _y: PhantomData,
+        0..n_tok,
+        &[chunk],
+        parallel,
+        |_, o| f(o),
+    )
+}
+
+/// Most outputs one [`for_each_row_chunk_multi`] call takes.
+pub const MAX_OUTPUTS: usize = 4;
+
+/// Calls `f(i, out)` once per chunk of `chunks[i]` rows of each output `ys[i]`
+/// ([n_tok, rows[i]]), restricted to the tokens `tokens`, all in ONE parallel
+/// dispatch on rayon's current pool (or inline when `parallel` is false); chunks
+/// are handed out output by output, in row order. Panics (a bug) if the lengths do
+/// not match, a chunk is 0, `tokens` runs past `n_tok` or there are more than
+/// [`MAX_OUTPUTS`] outputs.
+pub fn for_each_row_chunk_multi<F>(
+    ys: &mut [&mut [f32]],
+    rows: &[usize],
+    n_tok: usize,
+    tokens: Range<usize>,
+    chunks: &[usize],
+    parallel: bool,
+    f: F,
+) where
+    F: Fn(usize, RowChunkOut<'_>) + Sync,
+{
+    let n = ys.len();
+    assert!(
+        n <= MAX_OUTPUTS && rows.len() == n && chunks.len() == n,
+        "{n} outputs, {} row counts, {} chunk sizes (max {MAX_OUTPUTS})",
+        rows.len(),
+        chunks.len()
+    );
+    assert!(
+        tokens.start <= tokens.end && tokens.end <= n_tok,
+        "tokens {tokens:?} outside 0..{n_tok}"
+    );
+    // Per output: its base pointer at token `tokens.start` (as an address, so the
+    // closure is Sync) and the first global chunk index of each output.
+    let mut base = [0usize; MAX_OUTPUTS];
+    let mut first = [0usize; MAX_OUTPUTS + 1];
+    for i in 0..n {
+        assert_eq!(
+            ys[i].len(),
+            n_tok * rows[i],
+            "output {i} has {} values, want {n_tok} x {}",
+            ys[i].len(),
+            rows[i]
+        );
+        assert!(chunks[i] > 0, "row chunk must be > 0");
+        base[i] = ys[i][tokens.start * rows[i]..].as_mut_ptr() as usize;
+        first[i + 1] = first[i] + rows[i].div_ceil(chunks[i]);
+    }
+    let nt = tokens.len();
+    let total = first[n];
+    let run = |c: usize| {
+        let i = (0..n).rfind(|&i| first[i] <= c).unwrap_or(0);
+        let k = c - first[i];
+        f(
+            i,
+            RowChunkOut {
+                ptr: base[i] as *mut f32,
+                rows: rows[i],
+                n_tok: nt,
+                r0: k * chunks[i],
+                r1: ((k + 1) * chunks[i]).min(rows[i]),
+                _y: PhantomData,
+            },
+        )
     };
-    let n_chunks = rows.div_ceil(chunk);
-    if parallel && n_chunks > 1 {
+    if parallel && total > 1 {
         // One leaf per chunk: idle threads steal single chunks.
-        (0..n_chunks)
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each(|c| f(make(c)));
+        (0..total).into_par_iter().with_max_len(1).for_each(run);
     } else {
-        for c in 0..n_chunks {
-            f(make(c));
-        }
+        (0..total).for_each(run);
     }
 }

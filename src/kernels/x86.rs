@@ -19,7 +19,7 @@
 //! A tile handles one weight row against up to `tile_tokens` tokens: each weight
 //! block is unpacked once and multiplied with every token's block.
 
-use super::{act_groups, generic, ActQ8x4, Kernels};
+use super::{act_groups, generic, ActGemm, ActQ8x4, GemmRows, Kernels, GEMM_ROWS, GEMM_TOKENS};
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
@@ -32,18 +32,41 @@ pub(super) fn avx2() -> Option<&'static Kernels> {
     ok.then_some(&AVX2)
 }
 
-/// The AVX-512 table, if this CPU has AVX2/FMA/F16C and AVX-512 F, BW, VL and VNNI.
-pub(super) fn avx512() -> Option<&'static Kernels> {
-    let ok = avx2().is_some()
+/// Whether this CPU has AVX2/FMA/F16C and AVX-512 F, BW, VL and VNNI.
+fn has_avx512_vnni() -> bool {
+    avx2().is_some()
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni");
-    ok.then_some(&AVX512)
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// The AVX-512 table, if this CPU has AVX2/FMA/F16C and AVX-512 F, BW, VL and VNNI:
+/// the VBMI variant where the CPU also has AVX512-VBMI. (Called per matmul: no
+/// allocation; feature detection is cached by std.)
+pub(super) fn avx512() -> Option<&'static Kernels> {
+    if !has_avx512_vnni() {
+        None
+    } else if is_x86_feature_detected!("avx512vbmi") {
+        Some(&AVX512_VBMI)
+    } else {
+        Some(&AVX512)
+    }
+}
+
+/// Every variant of the AVX-512 level this CPU runs, worst first (tests cover each).
+pub(super) fn avx512_variants() -> Vec<&'static Kernels> {
+    let vnni = has_avx512_vnni();
+    let vbmi = vnni && is_x86_feature_detected!("avx512vbmi");
+    [(vnni, &AVX512), (vbmi, &AVX512_VBMI)]
+        .into_iter()
+        .filter_map(|(ok, t)| ok.then_some(t))
+        .collect()
 }
 
 static AVX2: Kernels = Kernels {
     name: "avx2",
+    variant: "",
     tile_tokens: 4,
     quantize: quantize_avx2,
     q4_0: avx2_impl::q4_0,
@@ -54,11 +77,13 @@ static AVX2: Kernels = Kernels {
     f32: avx2_impl::f32,
     f16: avx2_impl::f16,
     bf16: avx2_impl::bf16,
+    gemm: None,
 };
 
 static AVX512: Kernels = Kernels {
     name: "avx512",
-    tile_tokens: 8,
+    variant: "vnni",
+    tile_tokens: 4,
     // The quantizer is not the bottleneck; the AVX2 one serves both levels.
     quantize: quantize_avx2,
     q4_0: avx512_impl::q4_0,
@@ -69,6 +94,19 @@ static AVX512: Kernels = Kernels {
     f32: avx512_impl::f32,
     f16: avx512_impl::f16,
     bf16: avx512_impl::bf16,
+    gemm: Some(gemm_avx512),
+};
+
+/// [`AVX512`] with the weight groups unpacked by VBMI byte permutes (same results).
+static AVX512_VBMI: Kernels = Kernels {
+    name: "avx512",
+    variant: "vnni+vbmi",
+    q4_0: avx512_impl::q4_0_v,
+    q4_1: avx512_impl::q4_1_v,
+    q5_0: avx512_impl::q5_0_v,
+    q5_1: avx512_impl::q5_1_v,
+    q8_0: avx512_impl::q8_0_v,
+    ..AVX512
 };
 
 // ---------------------------------------------------------------------------
@@ -125,6 +163,18 @@ const PREFETCH: usize = 3072;
 #[inline]
 fn prefetch<T>(p: *const T) {
     _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH));
+}
+
+/// Prefetches every cache line of the `LEN` bytes from `p` (never faults, even past
+/// the end of the data).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_span<const LEN: usize>(p: *const i8) {
+    let mut o = 0;
+    while o < LEN {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o));
+        o += 64;
+    }
 }
 
 /// Sum of the 8 lanes.
@@ -250,6 +300,24 @@ macro_rules! float_tiles_256 {
         wrap_rows!(f32, f32_1, f32_t, f32, $max);
         wrap_rows!(f16, f16_1, f16_t, f16, $max);
         wrap_rows!(bf16, bf16_1, bf16_t, bf16, $max);
+    };
+}
+
+/// A multi-row quantized tile from the one-row tile `$inner`: rows one after another.
+macro_rules! wrap_q_rows {
+    ($name:ident, $one:ident, $inner:ident, $w:ty, $max:expr) => {
+        wrap_tile!($one, $inner, $w, ActQ8x4, $max, act_groups);
+
+        pub(super) fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
+            let (nb, nt) = super::super::q_tile_shape(w.len(), rows, x.len(), out.len(), $max);
+            let mut col = [0.0f32; super::super::MAX_TILE_TOKENS];
+            for r in 0..rows {
+                $one(&w[r * nb..(r + 1) * nb], x, &mut col[..nt]);
+                for t in 0..nt {
+                    out[t * rows + r] = col[t];
+                }
+            }
+        }
     };
 }
 
@@ -583,11 +651,11 @@ mod avx2_impl {
     );
     signed_tile!(q8_0_t, BlockQ8_0, |b: &BlockQ8_0| load32(&b.qs));
 
-    wrap_tile!(q4_0, q4_0_t, BlockQ4_0, ActQ8x4, 4, act_groups);
-    wrap_tile!(q5_0, q5_0_t, BlockQ5_0, ActQ8x4, 4, act_groups);
-    wrap_tile!(q8_0, q8_0_t, BlockQ8_0, ActQ8x4, 4, act_groups);
-    wrap_tile!(q4_1, q4_1_t, BlockQ4_1, ActQ8x4, 4, act_groups);
-    wrap_tile!(q5_1, q5_1_t, BlockQ5_1, ActQ8x4, 4, act_groups);
+    wrap_q_rows!(q4_0, q4_0_1, q4_0_t, BlockQ4_0, 4);
+    wrap_q_rows!(q5_0, q5_0_1, q5_0_t, BlockQ5_0, 4);
+    wrap_q_rows!(q8_0, q8_0_1, q8_0_t, BlockQ8_0, 4);
+    wrap_q_rows!(q4_1, q4_1_1, q4_1_t, BlockQ4_1, 4);
+    wrap_q_rows!(q5_1, q5_1_1, q5_1_t, BlockQ5_1, 4);
 
     float_tiles_256!("avx2,fma,f16c", 4);
 }
@@ -599,6 +667,10 @@ mod avx2_impl {
 /// offset (8, 16 or 128 times the activation sum) starts the i32 accumulator, so each
 /// block's integer sum is exactly ggml's. Blocks past the last group of four go through
 /// the scalar twin.
+///
+/// Two ways to unpack a group, same values: with AVX512-VBMI (Ice Lake and later) the
+/// group's bytes are loaded whole (one or two loads) and `vpermt2b` picks the codes and
+/// scales out of them; without it, four 16-byte loads and scalar scale reads.
 mod avx512_impl {
     use super::*;
 
@@ -629,17 +701,39 @@ mod avx512_impl {
         _mm_cvtph_ps(_mm_cvtsi64_si128(v as i64))
     }
 
-    /// Low / high nibbles of four q4 blocks: (codes 0..16 of each, codes 16..32 of each).
+    /// Four block scales spread to the i32 lanes of their blocks (lanes 4b..4b+4).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn nibbles4(qs: [&[u8; 16]; 4]) -> (__m512i, __m512i) {
-        // SAFETY: each qs is 16 readable bytes.
-        let raw = unsafe { load4(qs.map(|q| q.as_ptr())) };
+    fn spread4(h: [f16; 4]) -> __m512 {
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f16x4(h)))
+    }
+
+    /// Low / high nibbles of `raw` (16 code bytes of each of four q4 blocks):
+    /// (codes 0..16 of each block, codes 16..32 of each).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn nibbles(raw: __m512i) -> (__m512i, __m512i) {
         let m = _mm512_set1_epi8(0x0F);
         (
             _mm512_and_si512(raw, m),
             _mm512_and_si512(_mm512_srli_epi16::<4>(raw), m),
         )
+    }
+
+    /// Low / high nibbles of four q4 blocks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn nibbles4(qs: [&[u8; 16]; 4]) -> (__m512i, __m512i) {
+        // SAFETY: each qs is 16 readable bytes.
+        nibbles(unsafe {
+            load4([
+                qs[0].as_ptr(),
+                qs[1].as_ptr(),
+                qs[2].as_ptr(),
+                qs[3].as_ptr(),
+            ])
+        })
     }
 
     /// q5's fifth bits as byte masks for (lo, hi).
@@ -651,71 +745,334 @@ mod avx512_impl {
         })
     }
 
+    /// Adds 16 to the codes whose fifth bit is set.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn unpack_q4_0(w: &[BlockQ4_0; 4]) -> (__m512i, __m512i) {
-        nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs])
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    fn unpack_q4_1(w: &[BlockQ4_1; 4]) -> (__m512i, __m512i) {
-        nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs])
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    fn unpack_q5_0(w: &[BlockQ5_0; 4]) -> (__m512i, __m512i) {
-        let (lo, hi) = nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs]);
-        let (mlo, mhi) = high_bits4([w[0].qh, w[1].qh, w[2].qh, w[3].qh]);
+    fn add_high_bits(lo: __m512i, hi: __m512i, qh: [[u8; 4]; 4]) -> (__m512i, __m512i) {
+        let (mlo, mhi) = high_bits4(qh);
         let s = _mm512_set1_epi8(16);
         (
             _mm512_mask_add_epi8(lo, mlo, lo, s),
             _mm512_mask_add_epi8(hi, mhi, hi, s),
         )
     }
+
+    /// A group of four weight blocks ready for `vpdpbusd`: unsigned codes (`lo`, `hi`,
+    /// see the module doc), the block scales spread to their lanes, and for q4_1/q5_1
+    /// the four `m` (zero for the other types).
+    #[derive(Clone, Copy)]
+    struct Group {
+        lo: __m512i,
+        hi: __m512i,
+        d: __m512,
+        m: __m128,
+    }
+
+    impl Group {
+        // SAFETY: all-zero bits are valid for these vector types.
+        const ZERO: Group = unsafe { std::mem::zeroed() };
+    }
+
+    // --- without VBMI ---
+
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn unpack_q5_1(w: &[BlockQ5_1; 4]) -> (__m512i, __m512i) {
+    fn unpack_q4_0(w: &[BlockQ4_0; 4]) -> Group {
         let (lo, hi) = nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs]);
-        let (mlo, mhi) = high_bits4([w[0].qh, w[1].qh, w[2].qh, w[3].qh]);
-        let s = _mm512_set1_epi8(16);
-        (
-            _mm512_mask_add_epi8(lo, mlo, lo, s),
-            _mm512_mask_add_epi8(hi, mhi, hi, s),
-        )
+        let (d, m) = (spread4([w[0].d, w[1].d, w[2].d, w[3].d]), _mm_setzero_ps());
+        Group { lo, hi, d, m }
     }
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn unpack_q8_0(w: &[BlockQ8_0; 4]) -> (__m512i, __m512i) {
+    fn unpack_q4_1(w: &[BlockQ4_1; 4]) -> Group {
+        let (lo, hi) = nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs]);
+        let (d, m) = (
+            spread4([w[0].d, w[1].d, w[2].d, w[3].d]),
+            f16x4([w[0].m, w[1].m, w[2].m, w[3].m]),
+        );
+        Group { lo, hi, d, m }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack_q5_0(w: &[BlockQ5_0; 4]) -> Group {
+        let (lo, hi) = nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs]);
+        let (lo, hi) = add_high_bits(lo, hi, [w[0].qh, w[1].qh, w[2].qh, w[3].qh]);
+        let (d, m) = (spread4([w[0].d, w[1].d, w[2].d, w[3].d]), _mm_setzero_ps());
+        Group { lo, hi, d, m }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack_q5_1(w: &[BlockQ5_1; 4]) -> Group {
+        let (lo, hi) = nibbles4([&w[0].qs, &w[1].qs, &w[2].qs, &w[3].qs]);
+        let (lo, hi) = add_high_bits(lo, hi, [w[0].qh, w[1].qh, w[2].qh, w[3].qh]);
+        let (d, m) = (
+            spread4([w[0].d, w[1].d, w[2].d, w[3].d]),
+            f16x4([w[0].m, w[1].m, w[2].m, w[3].m]),
+        );
+        Group { lo, hi, d, m }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack_q8_0(w: &[BlockQ8_0; 4]) -> Group {
         // SAFETY: each qs is 32 readable bytes: 16 at offset 0 and 16 at offset 16.
+        let p = [
+            w[0].qs.as_ptr().cast::<u8>(),
+            w[1].qs.as_ptr().cast::<u8>(),
+            w[2].qs.as_ptr().cast::<u8>(),
+            w[3].qs.as_ptr().cast::<u8>(),
+        ];
         let (lo, hi) = unsafe {
             (
-                load4(w.each_ref().map(|b| b.qs.as_ptr().cast::<u8>())),
-                load4(w.each_ref().map(|b| b.qs.as_ptr().add(16).cast::<u8>())),
+                load4(p),
+                load4([p[0].add(16), p[1].add(16), p[2].add(16), p[3].add(16)]),
             )
         };
         // w + 128 as an unsigned byte: flip the sign bit.
         let f = _mm512_set1_epi8(-128);
-        (_mm512_xor_si512(lo, f), _mm512_xor_si512(hi, f))
+        let (d, m) = (spread4([w[0].d, w[1].d, w[2].d, w[3].d]), _mm_setzero_ps());
+        Group {
+            lo: _mm512_xor_si512(lo, f),
+            hi: _mm512_xor_si512(hi, f),
+            d,
+            m,
+        }
     }
 
+    // --- with VBMI: byte permutes over the group's bytes ---
+
+    /// `vpermt2b` index: byte j = byte `off + j % 16` of block `j / 16` (block size `bs`).
+    const fn codes_idx(bs: usize, off: usize) -> [u8; 64] {
+        let mut a = [0u8; 64];
+        let mut j = 0;
+        while j < 64 {
+            a[j] = (bs * (j / 16) + off + j % 16) as u8;
+            assert!(a[j] < 128);
+            j += 1;
+        }
+        a
+    }
+
+    /// `vpermt2b` index: f16 lane i (bytes 2i, 2i + 1) = the f16 at `off` of block
+    /// `i / rep`, for i < 4 * rep; the other lanes read byte 0 (unused).
+    const fn f16_idx(bs: usize, off: usize, rep: usize) -> [u8; 64] {
+        let mut a = [0u8; 64];
+        let mut i = 0;
+        while i < 4 * rep {
+            a[2 * i] = (bs * (i / rep) + off) as u8;
+            a[2 * i + 1] = (bs * (i / rep) + off + 1) as u8;
+            assert!(a[2 * i + 1] < 128);
+            i += 1;
+        }
+        a
+    }
+
+    /// The index tables of one block type: codes, scales spread 4 lanes per block, m.
+    struct Idx {
+        qs: [u8; 64],
+        d: [u8; 64],
+        m: [u8; 64],
+    }
+    static IDX_Q4_0: Idx = Idx {
+        qs: codes_idx(18, 2),
+        d: f16_idx(18, 0, 4),
+        m: [0; 64],
+    };
+    static IDX_Q4_1: Idx = Idx {
+        qs: codes_idx(20, 4),
+        d: f16_idx(20, 0, 4),
+        m: f16_idx(20, 2, 1),
+    };
+    static IDX_Q5_0: Idx = Idx {
+        qs: codes_idx(22, 6),
+        d: f16_idx(22, 0, 4),
+        m: [0; 64],
+    };
+    static IDX_Q5_1: Idx = Idx {
+        qs: codes_idx(24, 8),
+        d: f16_idx(24, 0, 4),
+        m: f16_idx(24, 2, 1),
+    };
+    /// q8_0: `qs` picks the low halves from bytes 0..128 and, shifted by 16, the high
+    /// halves from bytes 16..144 of the group.
+    static IDX_Q8_0: Idx = Idx {
+        qs: codes_idx(34, 2),
+        d: f16_idx(34, 0, 4),
+        m: [0; 64],
+    };
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    fn vload(a: &[u8; 64]) -> __m512i {
+        // SAFETY: 64 readable bytes; loadu has no alignment need.
+        unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
+    }
+
+    /// Bytes 0..64 and 64..LEN of a group (64 < LEN <= 128); nothing past LEN is read.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading LEN bytes.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    unsafe fn group_bytes<const LEN: usize>(p: *const u8) -> (__m512i, __m512i) {
+        let k: __mmask64 = (1u64 << (LEN - 64)) - 1;
+        // SAFETY: bytes 0..64 and (masked) 64..LEN are readable (caller); masked-off
+        // bytes are not accessed.
+        unsafe {
+            (
+                _mm512_loadu_si512(p.cast()),
+                _mm512_maskz_loadu_epi8(k, p.add(64).cast()),
+            )
+        }
+    }
+
+    /// Scales (`d`, spread) and `m` of a group from its bytes `a`, `b`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    fn scales_v(a: __m512i, b: __m512i, idx: &Idx, has_m: bool) -> (__m512, __m128) {
+        let d = _mm512_permutex2var_epi8(a, vload(&idx.d), b);
+        let d = _mm512_cvtph_ps(_mm512_castsi512_si256(d));
+        let m = if has_m {
+            let m = _mm512_permutex2var_epi8(a, vload(&idx.m), b);
+            _mm_cvtph_ps(_mm512_castsi512_si128(m))
+        } else {
+            _mm_setzero_ps()
+        };
+        (d, m)
+    }
+
+    /// A 4/5-bit group (`LEN` = 4 x block size bytes) through VBMI.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading LEN bytes.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    unsafe fn unpack4_v<const LEN: usize>(p: *const u8, idx: &Idx, has_m: bool) -> Group {
+        // SAFETY: forwarded from the caller.
+        let (a, b) = unsafe { group_bytes::<LEN>(p) };
+        let (lo, hi) = nibbles(_mm512_permutex2var_epi8(a, vload(&idx.qs), b));
+        let (d, m) = scales_v(a, b, idx, has_m);
+        Group { lo, hi, d, m }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    fn unpack_q4_0_v(w: &[BlockQ4_0; 4]) -> Group {
+        // SAFETY: the four blocks are 72 contiguous readable bytes.
+        unsafe { unpack4_v::<72>(w.as_ptr().cast(), &IDX_Q4_0, false) }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    fn unpack_q4_1_v(w: &[BlockQ4_1; 4]) -> Group {
+        // SAFETY: the four blocks are 80 contiguous readable bytes.
+        unsafe { unpack4_v::<80>(w.as_ptr().cast(), &IDX_Q4_1, true) }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    fn unpack_q5_0_v(w: &[BlockQ5_0; 4]) -> Group {
+        // SAFETY: the four blocks are 88 contiguous readable bytes.
+        let g = unsafe { unpack4_v::<88>(w.as_ptr().cast(), &IDX_Q5_0, false) };
+        let (lo, hi) = add_high_bits(g.lo, g.hi, [w[0].qh, w[1].qh, w[2].qh, w[3].qh]);
+        Group { lo, hi, ..g }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    fn unpack_q5_1_v(w: &[BlockQ5_1; 4]) -> Group {
+        // SAFETY: the four blocks are 96 contiguous readable bytes.
+        let g = unsafe { unpack4_v::<96>(w.as_ptr().cast(), &IDX_Q5_1, true) };
+        let (lo, hi) = add_high_bits(g.lo, g.hi, [w[0].qh, w[1].qh, w[2].qh, w[3].qh]);
+        Group { lo, hi, ..g }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    #[inline]
+    fn unpack_q8_0_v(w: &[BlockQ8_0; 4]) -> Group {
+        let p = w.as_ptr().cast::<u8>();
+        // SAFETY: the four blocks are 136 contiguous readable bytes: 0..128 by the first
+        // two loads, 16..80 by the third, 80..136 by the masked fourth (masked-off bytes
+        // are not accessed).
+        let (a, b, c, e) = unsafe {
+            (
+                _mm512_loadu_si512(p.cast()),
+                _mm512_loadu_si512(p.add(64).cast()),
+                _mm512_loadu_si512(p.add(16).cast()),
+                _mm512_maskz_loadu_epi8((1u64 << 56) - 1, p.add(80).cast()),
+            )
+        };
+        let qs = vload(&IDX_Q8_0.qs);
+        let f = _mm512_set1_epi8(-128);
+        let (d, m) = scales_v(a, b, &IDX_Q8_0, false);
+        Group {
+            lo: _mm512_xor_si512(_mm512_permutex2var_epi8(a, qs, b), f),
+            hi: _mm512_xor_si512(_mm512_permutex2var_epi8(c, qs, e), f),
+            d,
+            m,
+        }
+    }
+
+    /// Lane `r` of the result = sum of the 16 lanes of `v[r]`, added in the same order
+    /// for every `r` (so a row's sum does not depend on which rows share its tile):
+    /// 128-bit lanes 0+2 and 1+3, then those two, then within the lane (0+1)+(2+3).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn reduce4(v: [__m512; 4]) -> __m128 {
+        // [a0+a2, a1+a3, b0+b2, b1+b3] (128-bit lanes), likewise c, d.
+        let ab = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(v[0], v[1]),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(v[0], v[1]),
+        );
+        let cd = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(v[2], v[3]),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(v[2], v[3]),
+        );
+        // 128-bit lane r: the four partial sums of v[r].
+        let s = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd),
+        );
+        let s = _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s));
+        let s = _mm512_add_ps(s, _mm512_permute_ps::<0b01_00_11_10>(s));
+        _mm512_castps512_ps128(_mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            s,
+        ))
+    }
+
+    /// Sum of the 4 lanes, (0+2)+(1+3).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn hsum128(m: __m128) -> f32 {
+        let m2 = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)))
+    }
+
+    /// `R` weight rows x `NT` tokens. `w`: [R, nb], `x`: [NT, act_groups(nb)],
+    /// `out[t * R + r]`. Per group of four blocks: each row's weights are unpacked
+    /// once, each token's activations loaded once, then R x NT `vpdpbusd` pairs.
     macro_rules! group_tile {
-        ($inner:ident, $w:ty, $unpack:ident, $tail:path, bias = $shift:tt, m = $m:tt) => {
-            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-            fn $inner<const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
-                let nb = w.len();
+        ($feat:literal, $inner:ident, $w:ty, $unpack:ident, $tail:path, bias = $shift:tt, m = $m:tt) => {
+            #[target_feature(enable = $feat)]
+            fn $inner<const R: usize, const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
+                let nb = w.len() / R;
                 let ng = act_groups(nb);
                 let full = nb / 4;
-                let mut acc = [_mm512_setzero_ps(); NT];
+                assert!(w.len() == R * nb && x.len() == NT * ng && out.len() == R * NT);
+                let mut acc = [[_mm512_setzero_ps(); NT]; R];
                 #[allow(unused_mut)] // only the m-offset types add to it
-                let mut accm = [_mm_setzero_ps(); NT];
+                let mut accm = [[_mm_setzero_ps(); NT]; R];
                 // Scale of block b to i32 lanes 4b..4b+4.
                 let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-                for (gi, wb) in w.chunks_exact(4).enumerate() {
-                    prefetch(wb.as_ptr());
-                    let wb: &[$w; 4] = wb.try_into().unwrap_or_else(|_| unreachable!());
-                    let (lo, hi) = $unpack(wb);
-                    let dw = f16x4([wb[0].d, wb[1].d, wb[2].d, wb[3].d]);
-                    group_tile!(@m_load $m, wb, mw);
+                // Prefetch: the same group of the next tile (the R rows after these,
+                // next in memory), every line of it, one tile's time ahead. (A fixed
+                // distance would land inside this tile when R rows outgrow it.)
+                let ahead = R * nb * std::mem::size_of::<$w>();
+                for gi in 0..full {
+                    let mut gs = [Group::ZERO; R];
+                    for (r, g) in gs.iter_mut().enumerate() {
+                        let wb = &w[r * nb + 4 * gi..r * nb + 4 * gi + 4];
+                        prefetch_span::<{ 4 * std::mem::size_of::<$w>() }>(
+                            wb.as_ptr().cast::<i8>().wrapping_add(ahead),
+                        );
+                        *g = $unpack(wb.try_into().unwrap_or_else(|_| unreachable!()));
+                    }
                     for t in 0..NT {
                         let g = &x[t * ng + gi];
                         // SAFETY: ActQ8x4 is 64-byte aligned; lo, hi, bias are 64 bytes
@@ -727,23 +1084,35 @@ mod avx512_impl {
                                 _mm_load_ps(g.d.as_ptr()),
                             )
                         };
+                        let dy = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(dy));
                         let init = group_tile!(@bias $shift, g);
-                        let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, ylo), hi, yhi);
-                        let sc = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(dw, dy)));
-                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[t]);
-                        group_tile!(@m_acc $m, accm[t], mw, g);
+                        for r in 0..R {
+                            let gr = &gs[r];
+                            let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, gr.lo, ylo), gr.hi, yhi);
+                            let sc = _mm512_mul_ps(gr.d, dy);
+                            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[r][t]);
+                            group_tile!(@m_acc $m, accm[r][t], gr.m, g);
+                        }
                     }
                 }
+                let z = _mm512_setzero_ps();
                 for t in 0..NT {
-                    let tail = if full * 4 < nb {
-                        $tail(&w[full * 4..], &x[t * ng + full..(t + 1) * ng])
-                    } else {
-                        0.0
-                    };
-                    let m = accm[t];
-                    let m2 = _mm_add_ps(m, _mm_movehl_ps(m, m));
-                    let ms = _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
-                    out[t] = _mm512_reduce_add_ps(acc[t]) + ms + tail;
+                    let mut sums = [0.0f32; 4];
+                    let mut v4 = [z; 4];
+                    for r in 0..R {
+                        v4[r] = acc[r][t];
+                    }
+                    let v = reduce4(v4);
+                    // SAFETY: sums is 16 writable bytes; storeu has no alignment need.
+                    unsafe { _mm_storeu_ps(sums.as_mut_ptr(), v) };
+                    for r in 0..R {
+                        let tail = if full * 4 < nb {
+                            $tail(&w[r * nb + full * 4..(r + 1) * nb], &x[t * ng + full..(t + 1) * ng])
+                        } else {
+                            0.0
+                        };
+                        out[t * R + r] = sums[r] + hsum128(accm[r][t]) + tail;
+                    }
                 }
             }
         };
@@ -754,65 +1123,208 @@ mod avx512_impl {
             // SAFETY: bias is 64 bytes at offset 128 of a 64-byte aligned group.
             _mm512_slli_epi32::<$k>(unsafe { _mm512_load_si512($g.bias.as_ptr().cast()) })
         };
-        (@m_load yes, $wb:ident, $mw:ident) => {
-            let $mw = f16x4([$wb[0].m, $wb[1].m, $wb[2].m, $wb[3].m]);
-        };
-        (@m_load no, $wb:ident, $mw:ident) => {};
-        (@m_acc yes, $a:expr, $mw:ident, $g:ident) => {
+        (@m_acc yes, $a:expr, $mw:expr, $g:ident) => {
             // SAFETY: s is 16 bytes at offset 208 (16-aligned) of the group.
             $a = _mm_fmadd_ps($mw, unsafe { _mm_load_ps($g.s.as_ptr()) }, $a);
         };
-        (@m_acc no, $a:expr, $mw:ident, $g:ident) => {};
+        (@m_acc no, $a:expr, $mw:expr, $g:ident) => {};
     }
 
-    group_tile!(
-        q4_0_t,
-        BlockQ4_0,
-        unpack_q4_0,
-        generic::vec_dot_q4_0,
-        bias = 0,
-        m = no
-    );
-    group_tile!(
-        q5_0_t,
-        BlockQ5_0,
-        unpack_q5_0,
-        generic::vec_dot_q5_0,
-        bias = 1,
-        m = no
-    );
-    group_tile!(
-        q8_0_t,
-        BlockQ8_0,
-        unpack_q8_0,
-        generic::vec_dot_q8_0,
-        bias = 4,
-        m = no
-    );
-    group_tile!(
-        q4_1_t,
-        BlockQ4_1,
-        unpack_q4_1,
-        generic::vec_dot_q4_1,
-        bias = none,
-        m = yes
-    );
-    group_tile!(
-        q5_1_t,
-        BlockQ5_1,
-        unpack_q5_1,
-        generic::vec_dot_q5_1,
-        bias = none,
-        m = yes
-    );
+    /// Safe entry over `$inner::<R, NT>`: four rows at once, fewer one by one; 1..=4
+    /// tokens. Only reachable through a table whose features were detected.
+    macro_rules! wrap_group {
+        ($name:ident, $inner:ident, $w:ty) => {
+            pub(in crate::kernels) fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
+                let (nb, nt) = crate::kernels::q_tile_shape(w.len(), rows, x.len(), out.len(), 4);
+                if rows == 4 {
+                    // SAFETY: only reachable through a table returned by `avx512()`, which
+                    // checked every feature `$inner` is compiled with; shapes checked above.
+                    unsafe {
+                        match nt {
+                            1 => $inner::<4, 1>(w, x, out),
+                            2 => $inner::<4, 2>(w, x, out),
+                            3 => $inner::<4, 3>(w, x, out),
+                            _ => $inner::<4, 4>(w, x, out),
+                        }
+                    }
+                    return;
+                }
+                let mut col = [0.0f32; 4];
+                for r in 0..rows {
+                    let (wr, o) = (&w[r * nb..(r + 1) * nb], &mut col[..nt]);
+                    // SAFETY: as above.
+                    unsafe {
+                        match nt {
+                            1 => $inner::<1, 1>(wr, x, o),
+                            2 => $inner::<1, 2>(wr, x, o),
+                            3 => $inner::<1, 3>(wr, x, o),
+                            _ => $inner::<1, 4>(wr, x, o),
+                        }
+                    }
+                    for t in 0..nt {
+                        out[t * rows + r] = col[t];
+                    }
+                }
+            }
+        };
+    }
 
-    wrap_tile!(q4_0, q4_0_t, BlockQ4_0, ActQ8x4, 8, act_groups);
-    wrap_tile!(q5_0, q5_0_t, BlockQ5_0, ActQ8x4, 8, act_groups);
-    wrap_tile!(q8_0, q8_0_t, BlockQ8_0, ActQ8x4, 8, act_groups);
-    wrap_tile!(q4_1, q4_1_t, BlockQ4_1, ActQ8x4, 8, act_groups);
-    wrap_tile!(q5_1, q5_1_t, BlockQ5_1, ActQ8x4, 8, act_groups);
+    /// Both variants of one type's tile.
+    macro_rules! group_tiles {
+        ($name:ident, $name_v:ident, $w:ty, $unpack:ident, $unpack_v:ident, $tail:path, bias = $shift:tt, m = $m:tt) => {
+            group_tile!(
+                "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+                t_vnni,
+                $w,
+                $unpack,
+                $tail,
+                bias = $shift,
+                m = $m
+            );
+            group_tile!(
+                "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi",
+                t_vbmi,
+                $w,
+                $unpack_v,
+                $tail,
+                bias = $shift,
+                m = $m
+            );
+            wrap_group!($name, t_vnni, $w);
+            wrap_group!($name_v, t_vbmi, $w);
+        };
+    }
+
+    mod q4_0 {
+        use super::*;
+        group_tiles!(
+            tile,
+            tile_v,
+            BlockQ4_0,
+            unpack_q4_0,
+            unpack_q4_0_v,
+            generic::vec_dot_q4_0,
+            bias = 0,
+            m = no
+        );
+    }
+    mod q5_0 {
+        use super::*;
+        group_tiles!(
+            tile,
+            tile_v,
+            BlockQ5_0,
+            unpack_q5_0,
+            unpack_q5_0_v,
+            generic::vec_dot_q5_0,
+            bias = 1,
+            m = no
+        );
+    }
+    mod q8_0 {
+        use super::*;
+        group_tiles!(
+            tile,
+            tile_v,
+            BlockQ8_0,
+            unpack_q8_0,
+            unpack_q8_0_v,
+            generic::vec_dot_q8_0,
+            bias = 4,
+            m = no
+        );
+    }
+    mod q4_1 {
+        use super::*;
+        group_tiles!(
+            tile,
+            tile_v,
+            BlockQ4_1,
+            unpack_q4_1,
+            unpack_q4_1_v,
+            generic::vec_dot_q4_1,
+            bias = none,
+            m = yes
+        );
+    }
+    mod q5_1 {
+        use super::*;
+        group_tiles!(
+            tile,
+            tile_v,
+            BlockQ5_1,
+            unpack_q5_1,
+            unpack_q5_1_v,
+            generic::vec_dot_q5_1,
+            bias = none,
+            m = yes
+        );
+    }
+
+    pub(super) use q4_0::{tile as q4_0, tile_v as q4_0_v};
+    pub(super) use q4_1::{tile as q4_1, tile_v as q4_1_v};
+    pub(super) use q5_0::{tile as q5_0, tile_v as q5_0_v};
+    pub(super) use q5_1::{tile as q5_1, tile_v as q5_1_v};
+    pub(super) use q8_0::{tile as q8_0, tile_v as q8_0_v};
 
     float_tiles_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", 8);
+}
+
+// ---------------------------------------------------------------------------
+// Prefill GEMM: 4 rows x 16 tokens per call, tokens in the 16 i32 lanes. Per weight
+// block and 4-code chunk k, one `vpdpbusd` per row multiplies the token block's
+// chunk-k bytes (64: 4 per token) by the row's 4 codes broadcast from memory; after
+// the 8 chunks each lane holds the block's exact integer dot for its token, which is
+// scaled and added with one FMA, in block order (bit-identical to `generic::gemm`).
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemm_t(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    let nb = x.len();
+    super::gemm_shape(w, nb, out.len());
+    let mut f = [_mm512_setzero_ps(); GEMM_ROWS];
+    for (b, xb) in x.iter().enumerate() {
+        let mut acc = [_mm512_setzero_si512(); GEMM_ROWS];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_set1_epi32(w.bias[r * nb + b]);
+        }
+        for k in 0..8 {
+            // SAFETY: q[k] is 64 bytes at a 64-byte aligned offset of an ActGemm.
+            let xv = unsafe { _mm512_load_si512(xb.q[k].as_ptr().cast()) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: r < 4, b < nb, k < 8: the 4 bytes at (r * nb + b) * 32 + 4k are
+                // inside q (len 4 * nb * 32, checked by gemm_shape).
+                let c = unsafe {
+                    w.q.as_ptr()
+                        .add((r * nb + b) * 32 + 4 * k)
+                        .cast::<i32>()
+                        .read_unaligned()
+                };
+                *a = _mm512_dpbusd_epi32(*a, xv, _mm512_set1_epi32(c));
+            }
+        }
+        // SAFETY: d is 64 bytes at offset 512 (64-aligned) of an ActGemm.
+        let dx = unsafe { _mm512_load_ps(xb.d.as_ptr()) };
+        for (r, fr) in f.iter_mut().enumerate() {
+            let sc = _mm512_mul_ps(_mm512_set1_ps(w.d[r * nb + b]), dx);
+            *fr = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), sc, *fr);
+        }
+    }
+    let mut t = [[0.0f32; GEMM_TOKENS]; GEMM_ROWS];
+    for (r, fr) in f.iter().enumerate() {
+        // SAFETY: t[r] is 16 writable f32; storeu has no alignment need.
+        unsafe { _mm512_storeu_ps(t[r].as_mut_ptr(), *fr) };
+    }
+    for tok in 0..GEMM_TOKENS {
+        for r in 0..GEMM_ROWS {
+            out[tok * GEMM_ROWS + r] = t[r][tok];
+        }
+    }
+}
+
+fn gemm_avx512(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    // SAFETY: only reachable through the tables `avx512()` returns after checking
+    // AVX2/FMA/F16C and AVX-512 F/BW/VL/VNNI; shapes are checked inside.
+    unsafe { gemm_t(w, x, out) }
 }
 
 // ---------------------------------------------------------------------------
@@ -820,10 +1332,11 @@ mod avx512_impl {
 // (ggml's `_ref` rounding: d = amax/127, q = round-half-away(x/d), not the
 // round-half-even of ggml's own AVX2 quantizer).
 
-/// One block -> (f16 scale, 32 codes, sum of codes, unrounded f32 scale).
+/// One block -> (f16 scale, 32 codes, sum of codes, unrounded f32 scale, all values
+/// finite).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32) {
+fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32, bool) {
     assert_eq!(xb.len(), QK);
     let p = xb.as_ptr();
     // SAFETY: xb has 32 readable f32.
@@ -835,6 +1348,13 @@ fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32) {
             _mm256_loadu_ps(p.add(24)),
         ]
     };
+    // x * 0 is NaN exactly for NaN and infinite x (max below may drop a NaN).
+    let z = _mm256_setzero_ps();
+    let nan = _mm256_add_ps(
+        _mm256_add_ps(_mm256_mul_ps(v[0], z), _mm256_mul_ps(v[1], z)),
+        _mm256_add_ps(_mm256_mul_ps(v[2], z), _mm256_mul_ps(v[3], z)),
+    );
+    let finite = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(nan, nan)) == 0;
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_andnot_ps(sign, v[0]);
     for vi in &v[1..] {
@@ -882,23 +1402,26 @@ fn quantize_block(xb: &[f32]) -> (f16, [i8; 32], i32, f32) {
     unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), bytes) };
     let dh =
         _mm_extract_epi16::<0>(_mm_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm_set_ss(d))) as u16;
-    (f16::from_bits(dh), out, isum, d)
+    (f16::from_bits(dh), out, isum, d, finite)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quantize_t(x: &[f32], y: &mut [ActQ8x4]) {
+fn quantize_t(x: &[f32], y: &mut [ActQ8x4]) -> bool {
+    let mut all_finite = true;
     for (g, xg) in y.iter_mut().zip(x.chunks(4 * QK)) {
         *g = ActQ8x4::default();
         for (b, xb) in xg.chunks_exact(QK).enumerate() {
-            let (d, qs, sum, d32) = quantize_block(xb);
+            let (d, qs, sum, d32, finite) = quantize_block(xb);
+            all_finite &= finite;
             // s = f16(sum * d) with the unrounded f32 d, as quantize_row_q8_1_ref.
             let s = f16::from_f32(sum as f32 * d32);
             generic::store_block(g, b, f16_to_f32(d), &qs, sum, f16_to_f32(s));
         }
     }
+    all_finite
 }
 
-fn quantize_avx2(x: &[f32], y: &mut [ActQ8x4]) {
+fn quantize_avx2(x: &[f32], y: &mut [ActQ8x4]) -> bool {
     let nb = x.len() / QK;
     assert!(
         x.len().is_multiple_of(QK) && y.len() == act_groups(nb),

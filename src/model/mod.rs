@@ -10,14 +10,14 @@ pub mod qwen2;
 pub mod qwen3;
 
 use quant_formats::gguf::Gguf;
-use rayon::prelude::*;
 
 pub use crate::config::{Arch, Config};
 pub use crate::error::ModelError;
-use crate::matmul::{matmul, MatmulScratch, QMatrix};
+use crate::kernels::attn::{self, AttnKernels, KvElem};
+use crate::matmul::{matmul, matmul_multi, MatmulScratch, QMatrix};
 use crate::ops;
 pub use crate::ops::RopeStyle;
-pub use crate::state::{State, Trace};
+pub use crate::state::{KvCache, KvType, State, Trace};
 use crate::weights::QkvWeights;
 pub use crate::weights::Weights;
 
@@ -75,15 +75,54 @@ impl<'a> Model<'a> {
         Ok(Model { config, weights })
     }
 
-    /// A State for this model: KV cache of `n_ctx` positions, prefill chunks
-    /// of up to `max_batch` tokens.
+    /// The KV cache type [`Model::new_state`] uses: f32 when the key projection
+    /// of the first layer is stored as f32 (an f32 file: its logits are held to
+    /// 1e-3·(1 + max|ref|) of transformers, and rounding K/V to f16 alone spends up
+    /// to a third of that on our fixtures), else f16, which halves the bytes every
+    /// attention step reads at a cost far below the weights' own rounding.
+    pub fn default_kv_type(&self) -> KvType {
+        let k = self.weights.layers.first().map(|l| match &l.qkv {
+            QkvWeights::Fused { w, .. } => w.dtype,
+            QkvWeights::Split { k, .. } => k.dtype,
+        });
+        if k == Some(quant_formats::GgmlType::F32) {
+            KvType::F32
+        } else {
+            KvType::F16
+        }
+    }
+
+    /// A State for this model: KV cache of `n_ctx` positions of
+    /// [`Model::default_kv_type`], prefill chunks of up to `max_batch` tokens.
     pub fn new_state(&self, n_ctx: usize, max_batch: usize) -> State {
-        State::new(&self.config, n_ctx, max_batch)
+        let kv = self.default_kv_type();
+        self.new_state_kv(n_ctx, max_batch, kv, kv)
     }
 
     /// As [`Model::new_state`], but running out of memory is an error.
     pub fn try_new_state(&self, n_ctx: usize, max_batch: usize) -> Result<State, ModelError> {
-        State::try_new(&self.config, n_ctx, max_batch)
+        let kv = self.default_kv_type();
+        self.try_new_state_kv(n_ctx, max_batch, kv, kv)
+    }
+
+    /// As [`Model::try_new_state`] with the element types of the cached keys
+    /// (`k`) and values (`v`).
+    pub fn try_new_state_kv(
+        &self,
+        n_ctx: usize,
+        max_batch: usize,
+        k: KvType,
+        v: KvType,
+    ) -> Result<State, ModelError> {
+        State::try_new_kv(&self.config, n_ctx, max_batch, k, v)
+    }
+
+    /// As [`Model::try_new_state_kv`]; aborts when memory runs out (tests, benches).
+    pub fn new_state_kv(&self, n_ctx: usize, max_batch: usize, k: KvType, v: KvType) -> State {
+        match self.try_new_state_kv(n_ctx, max_batch, k, v) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// Evaluates tokens at positions start_pos.. (KV cache filled for them). Returns logits of the LAST token
@@ -231,7 +270,6 @@ impl<'a> Model<'a> {
             );
         }
 
-        let layer_stride = st.n_ctx * kvd;
         for (il, lw) in w.layers.iter().enumerate() {
             // attn_norm
             for i in 0..t {
@@ -276,30 +314,24 @@ impl<'a> Model<'a> {
                     bk,
                     bv,
                 } => {
-                    proj(
-                        q,
-                        xb,
+                    // One quantization of xb and one parallel dispatch for all three.
+                    let (yq, yk, yv) = (
                         &mut st.q[..t * qd],
-                        t,
-                        bq.as_deref(),
-                        &mut st.scratch,
-                    );
-                    proj(
-                        k,
-                        xb,
                         &mut st.k[..t * kvd],
-                        t,
-                        bk.as_deref(),
-                        &mut st.scratch,
-                    );
-                    proj(
-                        v,
-                        xb,
                         &mut st.v[..t * kvd],
+                    );
+                    matmul_multi(
+                        &[q, k, v],
+                        xb,
+                        &mut [&mut *yq, &mut *yk, &mut *yv],
                         t,
-                        bv.as_deref(),
                         &mut st.scratch,
                     );
+                    for (y, b) in [(yq, bq), (yk, bk), (yv, bv)] {
+                        if let Some(b) = b {
+                            ops::add_bias_rows(y, b);
+                        }
+                    }
                 }
             }
             let q = &mut st.q[..t * qd];
@@ -343,25 +375,31 @@ impl<'a> Model<'a> {
             trace(&mut st.trace, "Kcur", Some(il), pos0, t, k);
             trace(&mut st.trace, "Vcur", Some(il), pos0, t, &st.v[..t * kvd]);
 
-            // Append k, v to the cache: [n_layer, n_ctx, n_head_kv, head_dim].
-            let base = il * layer_stride + pos0 * kvd;
-            st.k_cache[base..base + t * kvd].copy_from_slice(k);
-            st.v_cache[base..base + t * kvd].copy_from_slice(&st.v[..t * kvd]);
-
-            // Causal grouped-query attention.
-            let kc = &st.k_cache[il * layer_stride..(il + 1) * layer_stride];
-            let vc = &st.v_cache[il * layer_stride..(il + 1) * layer_stride];
-            for i in 0..t {
-                attention(
-                    &q[i * qd..(i + 1) * qd],
-                    kc,
-                    vc,
-                    pos0 + i + 1,
-                    &mut st.att,
-                    &mut st.attn_out[i * qd..(i + 1) * qd],
-                    cfg,
-                    st.n_ctx,
-                );
+            // Append k, v to the cache, then causal grouped-query attention of
+            // the chunk's queries over positions 0..pos0 + t of this layer.
+            let kern = attn::active();
+            let layer = cfg.n_head_kv * st.n_ctx * hd;
+            let (kc, vc) = (&mut st.k_cache, &mut st.v_cache);
+            let (kc, vc) = (
+                cache_layer(kc, il * layer..(il + 1) * layer),
+                cache_layer(vc, il * layer..(il + 1) * layer),
+            );
+            let scale = 1.0 / (hd as f32).sqrt();
+            let out = &mut st.attn_out[..t * qd];
+            let v = &st.v[..t * kvd];
+            match (kc, vc) {
+                (Layer::F32(kc), Layer::F32(vc)) => {
+                    attend_layer(kern, q, k, v, kc, vc, pos0, scale, &mut st.attn, out)
+                }
+                (Layer::F32(kc), Layer::F16(vc)) => {
+                    attend_layer(kern, q, k, v, kc, vc, pos0, scale, &mut st.attn, out)
+                }
+                (Layer::F16(kc), Layer::F32(vc)) => {
+                    attend_layer(kern, q, k, v, kc, vc, pos0, scale, &mut st.attn, out)
+                }
+                (Layer::F16(kc), Layer::F16(vc)) => {
+                    attend_layer(kern, q, k, v, kc, vc, pos0, scale, &mut st.attn, out)
+                }
             }
 
             trace(
@@ -394,17 +432,10 @@ impl<'a> Model<'a> {
                     eps,
                 );
             }
-            matmul(
-                &lw.ffn_gate,
+            matmul_multi(
+                &[&lw.ffn_gate, &lw.ffn_up],
                 &st.xb[..t * e],
-                &mut st.hb[..t * ff],
-                t,
-                &mut st.scratch,
-            );
-            matmul(
-                &lw.ffn_up,
-                &st.xb[..t * e],
-                &mut st.hb2[..t * ff],
+                &mut [&mut st.hb[..t * ff], &mut st.hb2[..t * ff]],
                 t,
                 &mut st.scratch,
             );
@@ -468,45 +499,39 @@ fn proj(
     }
 }
 
-/// Attention of one query token over the first `n_keys` cached positions.
-/// q, out: [n_head, head_dim]; kc, vc: [n_ctx, n_head_kv, head_dim] of one layer;
-/// att: [n_head, n_ctx] scratch. Heads run in parallel.
+/// One layer of a [`KvCache`], borrowed at its element type.
+enum Layer<'c> {
+    F32(&'c mut [f32]),
+    F16(&'c mut [half::f16]),
+}
+
+fn cache_layer(c: &mut KvCache, r: std::ops::Range<usize>) -> Layer<'_> {
+    match c {
+        KvCache::F32(v) => Layer::F32(&mut v[r]),
+        KvCache::F16(v) => Layer::F16(&mut v[r]),
+    }
+}
+
+/// Stores the chunk's keys `k` and values `v` ([t, n_head_kv, head_dim], positions
+/// pos0..) into one layer of the cache (`kc`, `vc`: [n_head_kv, n_ctx, head_dim]),
+/// then attends queries `q` ([t, n_head, head_dim]) into `out` (same shape).
 #[allow(clippy::too_many_arguments)]
-fn attention(
+fn attend_layer<K: KvElem, V: KvElem>(
+    kern: &AttnKernels,
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    n_keys: usize,
-    att: &mut [f32],
+    k: &[f32],
+    v: &[f32],
+    kc: &mut [K],
+    vc: &mut [V],
+    pos0: usize,
+    scale: f32,
+    scratch: &mut attn::AttnScratch,
     out: &mut [f32],
-    cfg: &Config,
-    n_ctx: usize,
 ) {
-    let hd = cfg.head_dim;
-    let kvd = cfg.kv_dim();
-    let group = cfg.n_head / cfg.n_head_kv;
-    let scale = 1.0 / (hd as f32).sqrt();
-    att.par_chunks_mut(n_ctx)
-        .zip(out.par_chunks_mut(hd))
-        .enumerate()
-        .for_each(|(h, (scores, o))| {
-            let kvh = h / group;
-            let qh = &q[h * hd..(h + 1) * hd];
-            let scores = &mut scores[..n_keys];
-            for (s, score) in scores.iter_mut().enumerate() {
-                let kh = &kc[s * kvd + kvh * hd..s * kvd + (kvh + 1) * hd];
-                let dot: f32 = qh.iter().zip(kh).map(|(a, b)| a * b).sum();
-                *score = dot * scale;
-            }
-            ops::softmax(scores);
-            o.fill(0.0);
-            for (s, &p) in scores.iter().enumerate() {
-                let vh = &vc[s * kvd + kvh * hd..s * kvd + (kvh + 1) * hd];
-                for (oi, &vi) in o.iter_mut().zip(vh) {
-                    *oi += p * vi;
-                }
-            }
-        });
+    let dims = scratch.dims();
+    attn::store(kern, &dims, k, pos0, kc);
+    attn::store(kern, &dims, v, pos0, vc);
+    attn::attend(kern, q, kc, vc, pos0, scale, scratch, out);
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ pub enum TokenizerError {
 /// How a text is split before BPE; chosen by GGUF `tokenizer.ggml.pre`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PreTokenizer {
-    /// `qwen2`: [`QWEN2_PATTERN`] (Qwen-1, Qwen2, Qwen2.5, Qwen3).
+    /// `qwen2` (also `deepseek-r1-qwen`): [`QWEN2_PATTERN`] (Qwen-1, Qwen2, Qwen2.5, Qwen3).
     Qwen2,
     /// `smollm`: [`SMOLLM_PATTERN`].
     SmolLm,
@@ -70,7 +70,9 @@ impl PreTokenizer {
     /// Maps a `tokenizer.ggml.pre` value; an unknown one is an error, never a guess.
     pub fn from_gguf_name(name: &str) -> Result<Self, TokenizerError> {
         match name {
-            "qwen2" => Ok(Self::Qwen2),
+            // llama.cpp's converter names the DeepSeek-R1-Distill-Qwen tokenizer by its own
+            // hash; llama.cpp splits it as qwen2 (llama-vocab.cpp).
+            "qwen2" | "deepseek-r1-qwen" => Ok(Self::Qwen2),
             "smollm" => Ok(Self::SmolLm),
             other => Err(TokenizerError::UnsupportedPre(other.to_string())),
         }

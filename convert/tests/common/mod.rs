@@ -421,7 +421,7 @@ impl Spec {
                 write_json(
                     &dir.join("generation_config.json"),
                     &json!({"chat_format": "chatml", "eos_token_id": 261, "pad_token_id": 261,
-                            "top_k": 0, "top_p": 0.8, "repetition_penalty": 1.1}),
+                            "do_sample": true, "top_k": 0, "top_p": 0.8, "repetition_penalty": 1.1}),
                 );
             }
             Arch::Qwen2 | Arch::Qwen3 => {
@@ -435,7 +435,7 @@ impl Spec {
                 );
                 write_json(
                     &dir.join("generation_config.json"),
-                    &json!({"eos_token_id": [302, 300], "temperature": 0.7, "top_p": 0.8,
+                    &json!({"eos_token_id": [302, 300], "do_sample": true, "temperature": 0.7, "top_p": 0.8,
                             "top_k": 20, "repetition_penalty": 1.05}),
                 );
             }
