@@ -233,10 +233,14 @@ pub fn matmul_multi_with(
         return;
     }
     // K-quant matrices multiply against q8_K activations (kernels::kq), one matrix at
-    // a time; the other matrices of such a call go through the path below one by one.
+    // a time; the call's other matrices go through the path below together.
     if ws.iter().any(|w| kernels::kq::KQ_TYPES.contains(&w.dtype)) {
         let kq = kernels::kq::table(k.name);
-        for (&w, y) in ws.iter().zip(ys.iter_mut()) {
+        let mut rest_w = [ws[0]; MAX_MULTI];
+        let mut rest_y: [&mut [f32]; MAX_MULTI] = Default::default();
+        let mut rest_i = [0usize; MAX_MULTI];
+        let mut m = 0;
+        for (i, (&w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
             if kernels::kq::KQ_TYPES.contains(&w.dtype) {
                 let parallel = stall::allow_parallel();
                 let (key, start) = (stall::key(w.dtype, w.rows, cols, n_tok), Instant::now());
@@ -245,7 +249,15 @@ pub fn matmul_multi_with(
                     stall::record(key, start.elapsed());
                 }
             } else {
-                matmul_multi_with(k, &[w], x, &mut [&mut **y], n_tok, scratch);
+                (rest_w[m], rest_y[m], rest_i[m]) = (w, std::mem::take(y), i);
+                m += 1;
+            }
+        }
+        if m > 0 {
+            matmul_multi_with(k, &rest_w[..m], x, &mut rest_y[..m], n_tok, scratch);
+            // Give the caller's slice list back as it was.
+            for (y, &i) in rest_y[..m].iter_mut().zip(&rest_i[..m]) {
+                ys[i] = std::mem::take(y);
             }
         }
         return;

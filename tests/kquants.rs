@@ -631,3 +631,45 @@ fn matches_ggml_vec_dot() {
         }
     }
 }
+
+/// A multi-matrix call mixing K and other types (q, k, v of a Q4_K_M file) gives
+/// what one call per matrix gives, bit for bit, and leaves the output list intact.
+#[test]
+fn multi_matrix_call_with_k_types() {
+    use qwen::matmul::matmul_multi_with;
+    let mut rng = Rng(13);
+    let cols = 512;
+    let kdata = random_k_matrix(&mut rng, GgmlType::Q6K, 24, cols / QK_K);
+    let wf: Vec<f32> = (0..40 * cols).map(|_| rng.f()).collect();
+    let q50 = quant_formats::reference::quantize(GgmlType::Q5_0, &wf).unwrap();
+    let q50: Vec<u16> = q50
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let f16s: Vec<f16> = wf[..8 * cols].iter().map(|&v| f16::from_f32(v)).collect();
+    let a = QMatrix::new("a", GgmlType::Q5_0, 40, cols, bytemuck::cast_slice(&q50)).unwrap();
+    let b = QMatrix::new("b", GgmlType::Q6K, 24, cols, bytemuck::cast_slice(&kdata)).unwrap();
+    let c = QMatrix::new("c", GgmlType::F16, 8, cols, bytemuck::cast_slice(&f16s)).unwrap();
+    for n_tok in [1usize, 5, 20] {
+        let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+        for k in levels() {
+            let mut scratch = MatmulScratch::new(32, cols);
+            let (mut ya, mut yb, mut yc) = (
+                vec![0f32; n_tok * 40],
+                vec![0f32; n_tok * 24],
+                vec![0f32; n_tok * 8],
+            );
+            let mut ys: [&mut [f32]; 3] = [&mut ya, &mut yb, &mut yc];
+            matmul_multi_with(k, &[&a, &b, &c], &x, &mut ys, n_tok, &mut scratch);
+            assert_eq!(
+                ys.iter().map(|y| y.len()).collect::<Vec<_>>(),
+                [n_tok * 40, n_tok * 24, n_tok * 8]
+            );
+            for (w, y) in [(&a, &ya), (&b, &yb), (&c, &yc)] {
+                let mut want = vec![0f32; y.len()];
+                matmul_with(k, w, &x, &mut want, n_tok, &mut scratch);
+                assert_eq!(y, &want, "{} {} n_tok={n_tok}", w.dtype, k.name);
+            }
+        }
+    }
+}
