@@ -232,31 +232,42 @@ pub fn matmul_multi_with(
     if n_tok == 0 || total_rows == 0 {
         return;
     }
-    // K-quant matrices multiply against q8_K activations (kernels::kq), one matrix at
-    // a time; the call's other matrices go through the path below together.
+    // K-quant matrices multiply against q8_K activations: all of the call's K matrices
+    // go to kernels::kq in one dispatch, the others through the path below together.
     if ws.iter().any(|w| kernels::kq::KQ_TYPES.contains(&w.dtype)) {
-        let kq = kernels::kq::table(k.name);
-        let mut rest_w = [ws[0]; MAX_MULTI];
-        let mut rest_y: [&mut [f32]; MAX_MULTI] = Default::default();
-        let mut rest_i = [0usize; MAX_MULTI];
-        let mut m = 0;
+        let mut split_w = [[ws[0]; MAX_MULTI]; 2];
+        let mut split_y: [[&mut [f32]; MAX_MULTI]; 2] = Default::default();
+        let mut split_i = [[0usize; MAX_MULTI]; 2];
+        let mut m = [0usize; 2];
         for (i, (&w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
-            if kernels::kq::KQ_TYPES.contains(&w.dtype) {
-                let parallel = stall::allow_parallel();
-                let (key, start) = (stall::key(w.dtype, w.rows, cols, n_tok), Instant::now());
-                kernels::kq::matmul_with(kq, w, x, y, n_tok, &mut scratch.kq, parallel);
-                if parallel {
-                    stall::record(key, start.elapsed());
-                }
-            } else {
-                (rest_w[m], rest_y[m], rest_i[m]) = (w, std::mem::take(y), i);
-                m += 1;
-            }
+            let g = usize::from(kernels::kq::KQ_TYPES.contains(&w.dtype));
+            (split_w[g][m[g]], split_y[g][m[g]], split_i[g][m[g]]) = (w, std::mem::take(y), i);
+            m[g] += 1;
         }
-        if m > 0 {
-            matmul_multi_with(k, &rest_w[..m], x, &mut rest_y[..m], n_tok, scratch);
-            // Give the caller's slice list back as it was.
-            for (y, &i) in rest_y[..m].iter_mut().zip(&rest_i[..m]) {
+        if m[0] > 0 {
+            matmul_multi_with(
+                k,
+                &split_w[0][..m[0]],
+                x,
+                &mut split_y[0][..m[0]],
+                n_tok,
+                scratch,
+            );
+        }
+        let parallel = stall::allow_parallel();
+        let (key, start) = (
+            stall::key(ws[0].dtype, total_rows, cols, n_tok),
+            Instant::now(),
+        );
+        let kq = kernels::kq::table(k.name);
+        let (kw, ky) = (&split_w[1][..m[1]], &mut split_y[1][..m[1]]);
+        kernels::kq::matmul_multi_with(kq, kw, x, ky, n_tok, &mut scratch.kq, parallel);
+        if parallel {
+            stall::record(key, start.elapsed());
+        }
+        // Give the caller's slice list back as it was.
+        for g in 0..2 {
+            for (y, &i) in split_y[g][..m[g]].iter_mut().zip(&split_i[g][..m[g]]) {
                 ys[i] = std::mem::take(y);
             }
         }

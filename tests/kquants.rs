@@ -632,7 +632,8 @@ fn matches_ggml_vec_dot() {
     }
 }
 
-/// A multi-matrix call mixing K and other types (q, k, v of a Q4_K_M file) gives
+/// A multi-matrix call mixing K and other types (q, k, v of a Q4_K_M file: q5_0, q6_K;
+/// here also f16 and a second K type) gives
 /// what one call per matrix gives, bit for bit, and leaves the output list intact.
 #[test]
 fn multi_matrix_call_with_k_types() {
@@ -650,22 +651,25 @@ fn multi_matrix_call_with_k_types() {
     let a = QMatrix::new("a", GgmlType::Q5_0, 40, cols, bytemuck::cast_slice(&q50)).unwrap();
     let b = QMatrix::new("b", GgmlType::Q6K, 24, cols, bytemuck::cast_slice(&kdata)).unwrap();
     let c = QMatrix::new("c", GgmlType::F16, 8, cols, bytemuck::cast_slice(&f16s)).unwrap();
+    let ddata = random_k_matrix(&mut rng, GgmlType::Q4K, 12, cols / QK_K);
+    let d = QMatrix::new("d", GgmlType::Q4K, 12, cols, bytemuck::cast_slice(&ddata)).unwrap();
     for n_tok in [1usize, 5, 20] {
         let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
         for k in levels() {
             let mut scratch = MatmulScratch::new(32, cols);
-            let (mut ya, mut yb, mut yc) = (
+            let (mut ya, mut yb, mut yc, mut yd) = (
                 vec![0f32; n_tok * 40],
                 vec![0f32; n_tok * 24],
                 vec![0f32; n_tok * 8],
+                vec![0f32; n_tok * 12],
             );
-            let mut ys: [&mut [f32]; 3] = [&mut ya, &mut yb, &mut yc];
-            matmul_multi_with(k, &[&a, &b, &c], &x, &mut ys, n_tok, &mut scratch);
+            let mut ys: [&mut [f32]; 4] = [&mut ya, &mut yb, &mut yc, &mut yd];
+            matmul_multi_with(k, &[&a, &b, &c, &d], &x, &mut ys, n_tok, &mut scratch);
             assert_eq!(
                 ys.iter().map(|y| y.len()).collect::<Vec<_>>(),
-                [n_tok * 40, n_tok * 24, n_tok * 8]
+                [n_tok * 40, n_tok * 24, n_tok * 8, n_tok * 12]
             );
-            for (w, y) in [(&a, &ya), (&b, &yb), (&c, &yc)] {
+            for (w, y) in [(&a, &ya), (&b, &yb), (&c, &yc), (&d, &yd)] {
                 let mut want = vec![0f32; y.len()];
                 matmul_with(k, w, &x, &mut want, n_tok, &mut scratch);
                 assert_eq!(y, &want, "{} {} n_tok={n_tok}", w.dtype, k.name);

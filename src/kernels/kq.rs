@@ -15,7 +15,8 @@
 //! The activation quantizer is `quant_formats::reference::quantize_row_q8_k`, ggml's
 //! `quantize_row_q8_K_ref`, which is what ggml's x86 and generic builds use too.
 
-use crate::kernels::for_each_row_chunk;
+use super::par::MAX_OUTPUTS;
+use crate::kernels::{for_each_row_chunk_multi, RowChunkOut};
 use crate::matmul::QMatrix;
 use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 use quant_formats::reference::quantize_row_q8_k;
@@ -151,40 +152,77 @@ pub fn matmul_with(
     scratch: &mut KqScratch,
     parallel: bool,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
+    matmul_multi_with(k, &[w], x, &mut [y], n_tok, scratch, parallel)
+}
+
+/// Several K matrices with the same input `x` ([n_tok, cols]) in one call: `ys[i] = x ·
+/// ws[i]ᵀ` ([n_tok, ws[i].rows]), bit for bit what [`matmul_with`] gives each, with `x`
+/// quantized once and all the rows in ONE parallel dispatch (q, k, v; gate, up). `ws`:
+/// 1 to `MAX_OUTPUTS` K-quant matrices with the same `cols`. Panics (a caller bug) on
+/// mismatched shapes, a non-K matrix or a row wider than the scratch.
+pub fn matmul_multi_with(
+    k: &KqKernels,
+    ws: &[&QMatrix],
+    x: &[f32],
+    ys: &mut [&mut [f32]],
+    n_tok: usize,
+    scratch: &mut KqScratch,
+    parallel: bool,
+) {
+    let n = ws.len();
+    assert!(
+        (1..=MAX_OUTPUTS).contains(&n) && ys.len() == n,
+        "kq matmul: {n} matrices and {} outputs (1..={MAX_OUTPUTS})",
+        ys.len()
+    );
+    let cols = ws[0].cols;
     assert_eq!(
         x.len(),
         n_tok * cols,
         "kq matmul: x has {} values, want {n_tok} x {cols}",
         x.len()
     );
-    assert_eq!(
-        y.len(),
-        n_tok * rows,
-        "kq matmul: y has {} values, want {n_tok} x {rows}",
-        y.len()
-    );
     assert!(
         cols.is_multiple_of(QK_K) && cols / QK_K <= scratch.max_blocks,
         "kq matmul: row length {cols} is not a multiple of {QK_K} or exceeds the scratch's {} blocks",
         scratch.max_blocks
     );
-    if n_tok == 0 || rows == 0 {
+    let mut rows = [0usize; MAX_OUTPUTS];
+    for (i, (w, y)) in ws.iter().zip(ys.iter()).enumerate() {
+        assert!(
+            w.cols == cols && KQ_TYPES.contains(&w.dtype) && y.len() == n_tok * w.rows,
+            "kq matmul: matrix {i} ({} x {} {}) against {cols} columns, output of {} values for {n_tok} tokens",
+            w.rows,
+            w.cols,
+            w.dtype,
+            y.len()
+        );
+        rows[i] = w.rows;
+    }
+    let total_rows: usize = rows.iter().sum();
+    if n_tok == 0 || total_rows == 0 {
         return;
     }
     if !x.iter().all(|v| v.is_finite()) {
-        y.fill(f32::NAN);
+        for y in ys.iter_mut() {
+            y.fill(f32::NAN);
+        }
         return;
     }
     let nb = cols / QK_K;
     let threads = rayon::current_num_threads().max(1);
     // Same split as the other types (matmul.rs): parallel above ~64K multiply-adds,
     // ~16 chunks per thread of 4..=256 rows, at least ~16K weights per chunk.
-    let parallel = parallel && threads > 1 && rows > 1 && rows * cols * n_tok >= 1 << 16;
+    let parallel =
+        parallel && threads > 1 && total_rows > 1 && total_rows * cols * n_tok >= 1 << 16;
     let min_rows = (16384 / cols).clamp(4, 256);
-    let chunk = (rows / (threads * 16))
-        .clamp(min_rows, 256)
-        .next_multiple_of(4);
+    let mut chunks = [1usize; MAX_OUTPUTS];
+    for (c, &r) in chunks.iter_mut().zip(&rows[..n]) {
+        *c = (r / (threads * 16))
+            .clamp(min_rows, 256)
+            .next_multiple_of(4);
+    }
+    let tile_t = k.tile_tokens.clamp(1, MAX_KQ_TILE_TOKENS);
     let step = scratch.max_tokens;
     for t0 in (0..n_tok).step_by(step) {
         let nt = step.min(n_tok - t0);
@@ -200,16 +238,25 @@ pub fn matmul_with(
             }
         }
         let acts = &scratch.acts[..nt * nb];
-        let yt = &mut y[t0 * rows..(t0 + nt) * rows];
-        let tile_t = k.tile_tokens.clamp(1, MAX_KQ_TILE_TOKENS);
-        match w.dtype {
-            GgmlType::Q2K => run(k.q2_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
-            GgmlType::Q3K => run(k.q3_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
-            GgmlType::Q4K => run(k.q4_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
-            GgmlType::Q5K => run(k.q5_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
-            GgmlType::Q6K => run(k.q6_k, cast(w), nb, acts, yt, nt, tile_t, chunk, parallel),
-            other => panic!("kq matmul: type {other} is not a K-quant type"),
-        }
+        for_each_row_chunk_multi(
+            ys,
+            &rows[..n],
+            n_tok,
+            t0..t0 + nt,
+            &chunks[..n],
+            parallel,
+            |i, mut out| {
+                let w = ws[i];
+                match w.dtype {
+                    GgmlType::Q2K => chunk_rows(k.q2_k, cast(w), nb, acts, nt, tile_t, &mut out),
+                    GgmlType::Q3K => chunk_rows(k.q3_k, cast(w), nb, acts, nt, tile_t, &mut out),
+                    GgmlType::Q4K => chunk_rows(k.q4_k, cast(w), nb, acts, nt, tile_t, &mut out),
+                    GgmlType::Q5K => chunk_rows(k.q5_k, cast(w), nb, acts, nt, tile_t, &mut out),
+                    GgmlType::Q6K => chunk_rows(k.q6_k, cast(w), nb, acts, nt, tile_t, &mut out),
+                    other => panic!("kq matmul: type {other} is not a K-quant type"),
+                }
+            },
+        );
     }
 }
 
@@ -218,34 +265,28 @@ fn cast<'a, T: bytemuck::Pod>(w: &QMatrix<'a>) -> &'a [T] {
     bytemuck::cast_slice(w.data)
 }
 
-/// `y` ([n_tok, rows]) from weights `w` ([rows, nb]) and activations `acts` ([n_tok, nb]).
-#[allow(clippy::too_many_arguments)]
-fn run<W: Sync>(
+/// One chunk of rows of `w` ([rows, nb]) against the round's activations `acts`
+/// ([nt, nb]); `out` is relative to the round's first token.
+fn chunk_rows<W>(
     tile: KqTileFn<W>,
     w: &[W],
     nb: usize,
     acts: &[BlockQ8K],
-    y: &mut [f32],
-    n_tok: usize,
+    nt: usize,
     tile_t: usize,
-    chunk: usize,
-    parallel: bool,
+    out: &mut RowChunkOut,
 ) {
-    let rows = y.len() / n_tok;
-    debug_assert_eq!(w.len(), rows * nb);
-    for_each_row_chunk(y, rows, n_tok, chunk, parallel, |mut out| {
-        let mut buf = [0.0f32; MAX_KQ_TILE_TOKENS];
-        // Token blocks outside, rows inside: one block of activations (tile_t tokens)
-        // stays in cache while the chunk's weight rows stream past it.
-        let mut t0 = 0;
-        while t0 < n_tok {
-            let nt = tile_t.min(n_tok - t0);
-            let xs = &acts[t0 * nb..(t0 + nt) * nb];
-            for r in out.rows() {
-                tile(&w[r * nb..(r + 1) * nb], xs, &mut buf[..nt]);
-                out.write(r, t0, &buf[..nt]);
-            }
-            t0 += nt;
+    let mut buf = [0.0f32; MAX_KQ_TILE_TOKENS];
+    // Token blocks outside, rows inside: one block of activations (tile_t tokens)
+    // stays in cache while the chunk's weight rows stream past it.
+    let mut t0 = 0;
+    while t0 < nt {
+        let tb = tile_t.min(nt - t0);
+        let xs = &acts[t0 * nb..(t0 + tb) * nb];
+        for r in out.rows() {
+            tile(&w[r * nb..(r + 1) * nb], xs, &mut buf[..tb]);
+            out.write(r, t0, &buf[..tb]);
         }
-    });
+        t0 += tb;
+    }
 }
