@@ -1,11 +1,14 @@
 //! `y = x · Wᵀ` for a weight matrix in any supported ggml type: quantizes the
 //! activations once per call (q8_0 for q4_0/q5_0/q8_0 weights, q8_1 for q4_1/q5_1,
-//! as ggml does; float weights use the f32 activations as they are), splits the
-//! rows over rayon's current pool in small chunks (work stealing, so a descheduled
-//! thread holds up one chunk, not a fixed share), and calls the active kernel
-//! level's tile kernel: one weight row against up to `tile_tokens` tokens, so each
-//! weight block is read from memory once per block of tokens (prefill is a GEMM,
-//! decode a streaming GEMV).
+//! as ggml does; float weights use the f32 activations as they are; the same pass
+//! checks they are finite), splits the rows over rayon's current pool in small
+//! chunks (work stealing, so a descheduled thread holds up one chunk, not a fixed
+//! share), and calls the active kernel level's tiles: up to 4 weight rows against up
+//! to `tile_tokens` tokens (decode is a streaming GEMV, each activation group loaded
+//! once per 4 rows). Rounds of 16+ tokens against q4_0/q5_0/q8_0 go through the
+//! level's GEMM where it has one (4 rows x 16 tokens, weights unpacked once per 4
+//! rows per round). [`matmul_multi`] runs several matrices with the same input in
+//! one dispatch.
 
 use crate::kernels::{
     self, act_groups, generic, ActGemm, ActQ8x4, FloatTileFn, GemmFn, GemmRows, Kernels,
