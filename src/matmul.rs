@@ -380,13 +380,16 @@ fn run_chunk(
     }
 }
 
+/// Unpacks rows of weights into GEMM rows: (w, codes, biases, scales).
+type UnpackFn<W> = fn(&[W], &mut [i8], &mut [i32], &mut [f32]);
+
 /// The chunk's rows in groups of [`GEMM_ROWS`] through the GEMM: each group unpacked
 /// once (on the stack) and run against every token block of `gx` ([nt / 16 rounded
 /// up, nb]). Returns the first row it did not do (the last few rows of a chunk that
 /// is not a multiple of 4 go to the tiles).
 fn gemm_chunk<W>(
     gemm: GemmFn,
-    unpack: fn(&[W], usize, &mut [i8], &mut [i32], &mut [f32]),
+    unpack: UnpackFn<W>,
     w: &[W],
     nb: usize,
     gx: &[ActGemm],
@@ -405,7 +408,7 @@ fn gemm_chunk<W>(
     );
     let mut r = range.start;
     while r + GEMM_ROWS <= range.end {
-        unpack(&w[r * nb..(r + GEMM_ROWS) * nb], nb, q, bias, d);
+        unpack(&w[r * nb..(r + GEMM_ROWS) * nb], q, bias, d);
         let rows = GemmRows { q, bias, d };
         for (tb, xb) in gx.chunks_exact(nb).enumerate() {
             gemm(&rows, xb, &mut buf);
