@@ -15,7 +15,8 @@
 //!   2 threads, best kernel level: GB/s of weights, to hold against `read_bandwidth`.
 //! - `matvec_0.5b_busy/<type>`: the same with a spinning neighbour thread (q4_0, q8_0):
 //!   the busy-machine case; `QWEN_SERIAL_FALLBACK=0` shows it without matmul's fallback.
-//! - `prefill_0.5b/<type>`: one such layer against 128 tokens, 2 threads: GFLOP/s.
+//! - `prefill_0.5b/<type>`: one such layer against 128 tokens, 2 threads: GFLOP/s
+//!   (q4_0/q5_0/q8_0 through the GEMM where the level has one).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use quant_formats::GgmlType;

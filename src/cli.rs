@@ -11,10 +11,33 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Parses the command line. `--help`/`--version` print and give `Err(SUCCESS)`; a usage error
-/// prints one `error: … (see --help)` line and gives `Err(1)`.
+/// llama.cpp spells the KV type flags `-ctk` / `-ctv` (one dash, three letters),
+/// which a clap parser reads as `-c tk`. Returns `args` with those two words
+/// spelled `--cache-type-k` / `--cache-type-v`; everything else, and anything
+/// after a `--`, unchanged.
+pub fn expand_kv_flag_aliases(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut rest = false;
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            _ if rest => a,
+            Some("--") => {
+                rest = true;
+                a
+            }
+            Some("-ctk") => "--cache-type-k".into(),
+            Some("-ctv") => "--cache-type-v".into(),
+            _ => a,
+        })
+        .collect()
+}
+
+/// Parses the command line (with llama.cpp's `-ctk`/`-ctv`, see
+/// [`expand_kv_flag_aliases`]). `--help`/`--version` print and give `Err(SUCCESS)`;
+/// a usage error prints one `error: … (see --help)` line and gives `Err(1)`.
 pub fn parse_args<A: clap::Parser>() -> Result<A, ExitCode> {
-    A::try_parse().map_err(|e| {
+    A::try_parse_from(expand_kv_flag_aliases(std::env::args_os())).map_err(|e| {
         use clap::error::ErrorKind;
         if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
             print!("{e}");

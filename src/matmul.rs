@@ -1,11 +1,14 @@
 //! `y = x · Wᵀ` for a weight matrix in any supported ggml type: quantizes the
 //! activations once per call (q8_0 for q4_0/q5_0/q8_0 weights, q8_1 for q4_1/q5_1,
-//! as ggml does; float weights use the f32 activations as they are), splits the
-//! rows over rayon's current pool in small chunks (work stealing, so a descheduled
-//! thread holds up one chunk, not a fixed share), and calls the active kernel
-//! level's tile kernel: one weight row against up to `tile_tokens` tokens, so each
-//! weight block is read from memory once per block of tokens (prefill is a GEMM,
-//! decode a streaming GEMV).
+//! as ggml does; float weights use the f32 activations as they are; the same pass
+//! checks they are finite), splits the rows over rayon's current pool in small
+//! chunks (work stealing, so a descheduled thread holds up one chunk, not a fixed
+//! share), and calls the active kernel level's tiles: up to 4 weight rows against up
+//! to `tile_tokens` tokens (decode is a streaming GEMV, each activation group loaded
+//! once per 4 rows). Rounds of 16+ tokens against q4_0/q5_0/q8_0 go through the
+//! level's GEMM where it has one (4 rows x 16 tokens, weights unpacked once per 4
+//! rows per round). [`matmul_multi`] runs several matrices with the same input in
+//! one dispatch.
 
 use crate::kernels::{
     self, act_groups, generic, ActGemm, ActQ8x4, FloatTileFn, GemmFn, GemmRows, Kernels,
@@ -426,13 +429,16 @@ fn run_chunk(
     }
 }
 
+/// Unpacks rows of weights into GEMM rows: (w, codes, biases, scales).
+type UnpackFn<W> = fn(&[W], &mut [i8], &mut [i32], &mut [f32]);
+
 /// The chunk's rows in groups of [`GEMM_ROWS`] through the GEMM: each group unpacked
 /// once (on the stack) and run against every token block of `gx` ([nt / 16 rounded
 /// up, nb]). Returns the first row it did not do (the last few rows of a chunk that
 /// is not a multiple of 4 go to the tiles).
 fn gemm_chunk<W>(
     gemm: GemmFn,
-    unpack: fn(&[W], usize, &mut [i8], &mut [i32], &mut [f32]),
+    unpack: UnpackFn<W>,
     w: &[W],
     nb: usize,
     gx: &[ActGemm],
@@ -451,7 +457,7 @@ fn gemm_chunk<W>(
     );
     let mut r = range.start;
     while r + GEMM_ROWS <= range.end {
-        unpack(&w[r * nb..(r + GEMM_ROWS) * nb], nb, q, bias, d);
+        unpack(&w[r * nb..(r + GEMM_ROWS) * nb], q, bias, d);
         let rows = GemmRows { q, bias, d };
         for (tb, xb) in gx.chunks_exact(nb).enumerate() {
             gemm(&rows, xb, &mut buf);

@@ -64,21 +64,6 @@ impl FromStr for KvType {
     }
 }
 
-/// llama.cpp spells the KV type flags `-ctk` / `-ctv` (one dash, three letters),
-/// which a clap parser reads as `-c tk`. Returns `args` with those two words
-/// spelled `--cache-type-k` / `--cache-type-v`; everything else unchanged.
-pub fn expand_kv_flag_aliases(
-    args: impl IntoIterator<Item = std::ffi::OsString>,
-) -> Vec<std::ffi::OsString> {
-    args.into_iter()
-        .map(|a| match a.to_str() {
-            Some("-ctk") => "--cache-type-k".into(),
-            Some("-ctv") => "--cache-type-v".into(),
-            _ => a,
-        })
-        .collect()
-}
-
 /// The keys or the values of every layer, [n_layer, n_head_kv, n_ctx, head_dim]:
 /// one KV head's rows are contiguous, so attention streams them front to back.
 #[derive(Debug)]

@@ -502,7 +502,7 @@ fn kv_type_names() {
     let args = [
         "qwen-run", "-ctk", "f32", "-c", "64", "-ctv", "f16", "-p", "x",
     ];
-    let out = qwen::state::expand_kv_flag_aliases(args.iter().map(|s| s.into()));
+    let out = qwen::cli::expand_kv_flag_aliases(args.iter().map(|s| s.into()));
     let out: Vec<String> = out.into_iter().map(|s| s.into_string().unwrap()).collect();
     assert_eq!(
         out,

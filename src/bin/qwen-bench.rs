@@ -85,27 +85,9 @@ fn parse_kv_type(s: &str) -> Res<KvType> {
     s.parse()
 }
 
-/// [`qwen::cli::parse_args`] over the arguments with llama.cpp's `-ctk` / `-ctv`
-/// spelled long (see [`qwen::state::expand_kv_flag_aliases`]).
-fn parse_args() -> Result<Args, ExitCode> {
-    let argv = qwen::state::expand_kv_flag_aliases(std::env::args_os());
-    Args::try_parse_from(argv).map_err(|e| {
-        use clap::error::ErrorKind;
-        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-            print!("{e}");
-            return ExitCode::SUCCESS;
-        }
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or("invalid arguments");
-        let first = first.strip_prefix("error: ").unwrap_or(first);
-        eprintln!("error: {first} (see --help)");
-        ExitCode::from(1)
-    })
-}
-
 fn main() -> ExitCode {
     qwen::cli::install_panic_hook();
-    let args: Args = match parse_args() {
+    let args: Args = match qwen::cli::parse_args() {
         Ok(a) => a,
         Err(code) => return code,
     };

@@ -285,13 +285,7 @@ fn gemm_bias(q: &[i8]) -> i32 {
 // block), written as plain loops the compiler vectorizes.
 
 /// q4_0 rows ([rows, nb]) into GEMM rows: codes `nibble - 8`.
-pub fn unpack_gemm_q4_0(
-    w: &[BlockQ4_0],
-    _nb: usize,
-    q: &mut [i8],
-    bias: &mut [i32],
-    d: &mut [f32],
-) {
+pub fn unpack_gemm_q4_0(w: &[BlockQ4_0], q: &mut [i8], bias: &mut [i32], d: &mut [f32]) {
     for (i, blk) in w.iter().enumerate() {
         let qb = &mut q[32 * i..32 * i + 32];
         for j in 0..16 {
@@ -304,13 +298,7 @@ pub fn unpack_gemm_q4_0(
 }
 
 /// q5_0 rows into GEMM rows: codes `(nibble | fifth bit << 4) - 16`.
-pub fn unpack_gemm_q5_0(
-    w: &[BlockQ5_0],
-    _nb: usize,
-    q: &mut [i8],
-    bias: &mut [i32],
-    d: &mut [f32],
-) {
+pub fn unpack_gemm_q5_0(w: &[BlockQ5_0], q: &mut [i8], bias: &mut [i32], d: &mut [f32]) {
     for (i, blk) in w.iter().enumerate() {
         let qb = &mut q[32 * i..32 * i + 32];
         let h = u32::from_le_bytes(blk.qh);
@@ -325,13 +313,7 @@ pub fn unpack_gemm_q5_0(
 }
 
 /// q8_0 rows into GEMM rows: the codes as they are.
-pub fn unpack_gemm_q8_0(
-    w: &[BlockQ8_0],
-    _nb: usize,
-    q: &mut [i8],
-    bias: &mut [i32],
-    d: &mut [f32],
-) {
+pub fn unpack_gemm_q8_0(w: &[BlockQ8_0], q: &mut [i8], bias: &mut [i32], d: &mut [f32]) {
     for (i, blk) in w.iter().enumerate() {
         let qb = &mut q[32 * i..32 * i + 32];
         qb.copy_from_slice(&blk.qs);

@@ -216,25 +216,31 @@ pub fn gemm_acts(acts: &[ActQ8x4], nt: usize, x: &mut [ActGemm]) {
     for (b, xb) in x.iter_mut().enumerate() {
         let (gi, bb) = (b / 4, b % 4);
         for t in 0..GEMM_TOKENS {
-            if t < nt {
+            let (codes, d) = if t < nt {
                 let g = &acts[t * ng + gi];
-                for k in 0..8 {
-                    let src = if k < 4 {
-                        &g.lo[16 * bb + 4 * k..16 * bb + 4 * k + 4]
-                    } else {
-                        &g.hi[16 * bb + 4 * (k - 4)..16 * bb + 4 * (k - 4) + 4]
-                    };
-                    for j in 0..4 {
-                        xb.q[k][4 * t + j] = (src[j] as u8) ^ 0x80;
-                    }
-                }
-                xb.d[t] = g.d[bb];
+                let (lo, hi) = (&g.lo[16 * bb..16 * bb + 16], &g.hi[16 * bb..16 * bb + 16]);
+                (Some((lo, hi)), g.d[bb])
             } else {
-                for k in 0..8 {
-                    xb.q[k][4 * t..4 * t + 4].fill(0x80);
-                }
-                xb.d[t] = 0.0;
+                (None, 0.0)
+            };
+            for k in 0..8 {
+                // Four codes as one word, each byte + 128 (flip the sign bit).
+                let word = match codes {
+                    Some((lo, hi)) => {
+                        let src = if k < 4 { lo } else { hi };
+                        let j = 4 * (k % 4);
+                        u32::from_le_bytes([
+                            src[j] as u8,
+                            src[j + 1] as u8,
+                            src[j + 2] as u8,
+                            src[j + 3] as u8,
+                        ]) ^ 0x8080_8080
+                    }
+                    None => 0x8080_8080,
+                };
+                xb.q[k][4 * t..4 * t + 4].copy_from_slice(&word.to_le_bytes());
             }
+            xb.d[t] = d;
         }
     }
 }

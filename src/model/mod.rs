@@ -270,6 +270,8 @@ impl<'a> Model<'a> {
             );
         }
 
+        // Attention kernels of the active level ([n_head_kv, n_ctx, head_dim] per layer).
+        let kern = attn::active();
         for (il, lw) in w.layers.iter().enumerate() {
             // attn_norm
             for i in 0..t {
@@ -377,7 +379,6 @@ impl<'a> Model<'a> {
 
             // Append k, v to the cache, then causal grouped-query attention of
             // the chunk's queries over positions 0..pos0 + t of this layer.
-            let kern = attn::active();
             let layer = cfg.n_head_kv * st.n_ctx * hd;
             let (kc, vc) = (&mut st.k_cache, &mut st.v_cache);
             let (kc, vc) = (
