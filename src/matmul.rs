@@ -257,13 +257,11 @@ pub fn matmul_multi_with(
                 scratch,
             );
         }
-        let parallel = stall::allow_parallel();
-        let (key, start) = (
-            stall::key(ws[0].dtype, total_rows, cols, n_tok),
-            Instant::now(),
-        );
-        let kq = kernels::kq::table(k.name);
         let (kw, ky) = (&split_w[1][..m[1]], &mut split_y[1][..m[1]]);
+        let k_rows = kw.iter().map(|w| w.rows).sum();
+        let parallel = stall::allow_parallel();
+        let (key, start) = (stall::key(kw[0].dtype, k_rows, cols, n_tok), Instant::now());
+        let kq = kernels::kq::table(k.name);
         kernels::kq::matmul_multi_with(kq, kw, x, ky, n_tok, &mut scratch.kq, parallel);
         if parallel {
             stall::record(key, start.elapsed());
