@@ -214,9 +214,26 @@ fn run(args: &Args) -> Res<()> {
         .name
         .clone()
         .unwrap_or_else(|| cfg.arch.name().to_string());
-    let main_type = g
-        .tensor("blk.0.ffn_down.weight")
-        .map_or_else(|| "?".to_string(), |t| t.dtype.to_string());
+    // The type holding most bytes of the layers' matrices (a Q4_K_M file mixes
+    // q4_K with q6_K for some ffn_down / attn_v; its ffn_down of layer 0 is q6_K).
+    let main_type = {
+        let mut by_type: Vec<(String, u64)> = Vec::new();
+        for t in g
+            .tensors
+            .iter()
+            .filter(|t| t.name.starts_with("blk.") && t.dims.len() >= 2)
+        {
+            let name = t.dtype.to_string();
+            match by_type.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, b)) => *b += t.n_bytes,
+                None => by_type.push((name, t.n_bytes)),
+            }
+        }
+        by_type
+            .into_iter()
+            .max_by_key(|&(_, b)| b)
+            .map_or_else(|| "?".to_string(), |(n, _)| n)
+    };
     if args.verbose {
         eprintln!("kernels: {level}");
         eprintln!("threads: {threads}");
