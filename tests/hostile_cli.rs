@@ -1380,7 +1380,7 @@ fn st_header(bytes: &[u8]) -> (serde_json::Map<String, serde_json::Value>, usize
 fn st_with_header(bytes: &[u8], header: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
     let (_, start) = st_header(bytes);
     let mut h = serde_json::to_vec(header).expect("json");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

@@ -324,7 +324,7 @@ fn dump_logits(
     ids: &[u32],
     n_ctx: usize,
     batch: usize,
-    out: &PathBuf,
+    out: &std::path::Path,
     layers: Option<&std::path::Path>,
     (k, v): (KvType, KvType),
 ) -> Res<()> {
