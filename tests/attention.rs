@@ -11,20 +11,11 @@ use half::f16;
 use qwen::kernels::attn::{self, AttnDims, AttnKernels, AttnScratch, KvElem};
 use qwen::model::KvType;
 
-/// splitmix64 -> uniform f32 in [-1, 1).
-struct Rng(u64);
+#[path = "common_rng/mod.rs"]
+mod common_rng;
+use common_rng::Rng;
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn f(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
     fn vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
         (0..n).map(|_| self.f() * amp).collect()
     }

@@ -16,20 +16,11 @@ use qwen::kernels::kq_generic::{self, scales_mins_k4, scales_q3_k};
 use qwen::kernels::{self, Kernels};
 use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
 
-/// splitmix64: seeded, reproducible test data.
-struct Rng(u64);
+#[path = "common_rng/mod.rs"]
+mod common_rng;
+use common_rng::Rng;
+
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn f(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
     /// A super-block scale: mostly ordinary, sometimes zero, subnormal or large.
     fn scale(&mut self) -> f16 {
         match self.next() % 16 {
