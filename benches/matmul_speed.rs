@@ -1,9 +1,9 @@
 //! Decode-step timing of the matmuls alone, on Qwen2.5-0.5B / 1.5B shapes: what a
 //! token costs in matrix-vector products, how that compares to the memory read
-//! bandwidth, and what one parallel dispatch costs. Ignored by default (timing, not
+//! bandwidth, and what one parallel dispatch costs. A benchmark (timing, not
 //! correctness); run on a quiet machine:
 //!
-//! `cargo test --release --test matmul_speed -- --ignored --nocapture --test-threads 1`
+//! `cargo bench --bench matmul_speed [-- decode_step|kernels_from_l2|decode_ab]`
 //!
 //! `QWEN_SPEED_MODEL=1.5b` picks the larger shape, `QWEN_SPEED_TYPE=q8_0` the weight
 //! type of the layers (the output matrix is q8_0 as in our q4_0 files).
@@ -159,8 +159,6 @@ fn bandwidth(threads: usize) -> f64 {
     (buf.len() * 8) as f64 / best.as_secs_f64() / 1e9
 }
 
-#[test]
-#[ignore = "timing; run by hand on a quiet machine"]
 fn decode_step() {
     let (name, e, ff, _) = shape();
     let mats = model();
@@ -244,8 +242,6 @@ fn decode_step() {
 
 /// The kernels from L2 (a 1024 x 896 matrix, one thread, fastest of many calls):
 /// compute cost per weight byte for one token, GFLOP/s for a block of 64 tokens.
-#[test]
-#[ignore = "timing; run by hand on a quiet machine"]
 fn kernels_from_l2() {
     let (rows, cols) = (1024, 896);
     let p = pool(1);
@@ -298,8 +294,6 @@ fn kernels_from_l2() {
 /// ([`qwen::matmul::matmul_multi`]; the difference is the cost of 72 parallel
 /// dispatches), interleaved step by step so that all see the same machine; fastest
 /// step of each. `QWEN_SPEED_THREADS` sets the pool size (default 2).
-#[test]
-#[ignore = "timing; run by hand on a quiet machine"]
 fn decode_ab() {
     let (name, e, ff, _) = shape();
     let mats = model();
@@ -370,5 +364,24 @@ fn decode_ab() {
             best[i].as_secs_f64() * 1e3,
             bytes as f64 / best[i].as_secs_f64() / 1e9
         );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument picks the runs by name.
+    let picks: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runs: [(&str, fn()); 3] = [
+        ("decode_step", decode_step),
+        ("kernels_from_l2", kernels_from_l2),
+        ("decode_ab", decode_ab),
+    ];
+    for (name, run) in runs {
+        if picks.is_empty() || picks.iter().any(|p| name.contains(p.as_str())) {
+            println!("== {name}");
+            run();
+        }
     }
 }
