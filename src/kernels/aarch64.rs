@@ -43,7 +43,7 @@ static NEON: Kernels = Kernels {
 /// `acc + sum of 4 neighbouring i8 products` per i32 lane (`sdot`).
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
-fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let mut r = acc;
     // SAFETY: `sdot` reads and writes only these vector registers (no memory, no
     // flags); the dot-product extension is enabled for this function and checked at
@@ -63,7 +63,7 @@ fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 /// One f16 as f32 (`fcvt`, exact).
 #[target_feature(enable = "neon,fp16")]
 #[inline]
-fn h2f(h: f16) -> f32 {
+pub(super) fn h2f(h: f16) -> f32 {
     vgetq_lane_f32::<0>(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h.to_bits()))))
 }
 

@@ -13,11 +13,10 @@
 //! aarch64-unknown-linux-gnu`); tests/kquants.rs checks it against the scalar twin
 //! wherever this level runs (e.g. under qemu-aarch64).
 
+use super::aarch64::{h2f, sdot};
 use super::kq::KqKernels;
 use super::kq_generic::{scales_mins_k4, scales_q3_k};
 use core::arch::aarch64::*;
-use core::arch::asm;
-use half::f16;
 use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// The NEON K table, if this CPU has NEON, the dot-product extension and fp16 conversions.
@@ -37,33 +36,6 @@ static NEON: KqKernels = KqKernels {
     q5_k,
     q6_k,
 };
-
-/// `acc + sum of 4 neighbouring i8 products` per i32 lane (`sdot`).
-#[target_feature(enable = "neon,dotprod")]
-#[inline]
-fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let mut r = acc;
-    // SAFETY: `sdot` reads and writes only these vector registers (no memory, no
-    // flags); the dot-product extension is enabled for this function and checked at
-    // run time before the table holding its callers is handed out.
-    unsafe {
-        asm!(
-            "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
-            inout(vreg) r,
-            in(vreg) a,
-            in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-    }
-    r
-}
-
-/// One f16 as f32 (`fcvt`, exact).
-#[target_feature(enable = "neon,fp16")]
-#[inline]
-fn h2f(h: f16) -> f32 {
-    vgetq_lane_f32::<0>(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h.to_bits()))))
-}
 
 #[target_feature(enable = "neon")]
 #[inline]

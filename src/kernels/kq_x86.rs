@@ -21,8 +21,8 @@
 
 use super::kq::KqKernels;
 use super::kq_generic::{scales_mins_k4, scales_q3_k};
+use super::x86::{f16_to_f32 as h2f, hsum};
 use core::arch::x86_64::*;
-use half::f16;
 use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// The AVX2 K table, if this CPU has AVX2, FMA and F16C.
@@ -86,13 +86,6 @@ fn prefetch_block<T>(b: &T) {
     }
 }
 
-/// One f16 as f32 through F16C (exact).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn h2f(h: f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
-}
-
 /// 32 bytes at `s[0..32]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -127,16 +120,6 @@ fn scales_mins(s: &[u8; 12]) -> (__m128i, [u8; 8]) {
 fn mins_pairs(sm: __m128i) -> __m256i {
     let dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
     _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, dup))
-}
-
-/// Sum of the 8 lanes.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
 }
 
 /// Safe entry point over the `#[target_feature]` tile `$inner::<NT>`, NT in 1..=$max.

@@ -154,7 +154,7 @@ fn splat_f16(h: f16) -> __m256 {
 /// One f16 as f32 through F16C (exact).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn f16_to_f32(h: f16) -> f32 {
+pub(super) fn f16_to_f32(h: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
 }
 
@@ -186,7 +186,7 @@ fn prefetch_span<const LEN: usize>(p: *const i8) {
 /// Sum of the 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
