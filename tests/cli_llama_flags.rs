@@ -104,48 +104,28 @@ fn repeat_last_n_takes_minus_one_and_huge_values() {
 fn dump_logits_errors_leave_no_file() {
     let m = model();
     let dir = scratch("cli_llama_flags_dump");
+    let dump = |out: &str| {
+        run(
+            &qwen_run(),
+            &[
+                "-f",
+                m.to_str().unwrap(),
+                "--token-ids",
+                "1,2,3",
+                "--dump-logits",
+                out,
+            ],
+        )
+    };
     // A device that cannot take the data: one-line error.
-    let o = run(
-        &qwen_run(),
-        &[
-            "-f",
-            m.to_str().unwrap(),
-            "--token-ids",
-            "1,2,3",
-            "--dump-logits",
-            "/dev/full",
-        ],
-    );
-    assert_one_line_error(&o, &["/dev/full"]);
+    assert_one_line_error(&dump("/dev/full"), &["/dev/full"]);
     // A folder that does not exist: error, nothing created.
     let out = dir.join("no/such/dir/l.npy");
-    let o = run(
-        &qwen_run(),
-        &[
-            "-f",
-            m.to_str().unwrap(),
-            "--token-ids",
-            "1,2,3",
-            "--dump-logits",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert_one_line_error(&o, &["no/such/dir"]);
+    assert_one_line_error(&dump(out.to_str().unwrap()), &["no/such/dir"]);
     // A regular file is replaced whole, and no temporary file stays behind.
     let out = dir.join("l.npy");
     std::fs::write(&out, b"old").unwrap();
-    let o = run(
-        &qwen_run(),
-        &[
-            "-f",
-            m.to_str().unwrap(),
-            "--token-ids",
-            "1,2,3",
-            "--dump-logits",
-            out.to_str().unwrap(),
-        ],
-    );
-    ok(&o, "dump");
+    ok(&dump(out.to_str().unwrap()), "dump");
     let (shape, _) = read_npy(&out);
     assert_eq!(shape[0], 3);
     let left: Vec<String> = std::fs::read_dir(&dir)
