@@ -158,3 +158,49 @@ fn errors_are_one_line() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
+
+/// `-d N` (llama-bench's n_depth): both tests run after N tokens of context, so the
+/// KV cache holds N more positions, the JSON says the depth and the table labels the
+/// tests `pp8 @ d40`; `-m` is llama-bench's spelling of the model flag.
+#[test]
+fn depth_and_llama_bench_model_flag() {
+    let m = tiny("depth");
+    let base = json(&bench(&m, &["-p", "8", "-n", "4", "-r", "1", "--json"]));
+    let deep = json(&run(
+        &qwen_bench(),
+        &[
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "-d",
+            "40",
+            "--json",
+        ],
+    ));
+    speed(&deep, "pp");
+    speed(&deep, "tg");
+    assert_eq!(base["n_depth"], 0, "{base}");
+    assert_eq!(deep["n_depth"], 40, "{deep}");
+    let kv = |v: &serde_json::Value| v["kv_cache_bytes"].as_u64().expect("kv_cache_bytes");
+    // Positions: 8 without depth (max of -p and -n), 48 with it.
+    assert_eq!(kv(&deep), kv(&base) * 48 / 8, "{base} vs {deep}");
+    let o = bench(&m, &["-p", "8", "-n", "4", "-r", "1", "-d", "40"]);
+    ok(&o, "table with -d");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("pp8 @ d40") && table.contains("tg4 @ d40"),
+        "{table}"
+    );
+    let e = bench(&m, &["-d", "99999999999"]);
+    assert_eq!(e.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        err.starts_with("error: -d/--n-depth") && err.lines().count() == 1,
+        "{err}"
+    );
+}

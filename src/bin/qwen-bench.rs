@@ -6,6 +6,9 @@
 //! - tg (text generation): `-n` single-token `forward` calls from position 0,
 //!   each on a random token (llama-bench does not sample either).
 //!
+//! With `-d N` (llama-bench's n_depth) both tests start at position N instead, after
+//! N random tokens fill the KV cache untimed before each run: speed at a context depth.
+//!
 //! Each test runs `-r` times after one untimed warm-up run (unless `--no-warmup`);
 //! a run's speed is tokens / seconds and the report is the mean and the sample
 //! standard deviation of those speeds, as llama-bench reports `avg_ts ± stddev_ts`.
@@ -36,8 +39,8 @@ use qwen::{Model, ModelFile};
 gives the decode limit in tokens/s)."
 )]
 struct Args {
-    /// Model file (GGUF v3, as written by qwen-convert).
-    #[arg(short = 'f', long = "model", value_name = "FILE")]
+    /// Model file (GGUF v3, as written by qwen-convert; also -m, as in llama-bench).
+    #[arg(short = 'f', short_alias = 'm', long = "model", value_name = "FILE")]
     model: PathBuf,
     /// Prompt tokens evaluated in one batched forward (0 skips the pp test).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
@@ -45,6 +48,10 @@ struct Args {
     /// Tokens generated one at a time (0 skips the tg test).
     #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
     n_gen: usize,
+    /// Tokens already in the KV cache when each test starts (filled untimed before
+    /// every run; llama-bench's n_depth).
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    n_depth: usize,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
@@ -169,6 +176,7 @@ fn run(args: &Args) -> Res<()> {
     check_range("-n/--n-gen", args.n_gen, 0, MAX_TOKENS)?;
     check_range("-r/--repetitions", args.repetitions, 1, MAX_REPS)?;
     check_range("-b/--batch-size", args.batch_size, 1, MAX_TOKENS)?;
+    check_range("-d/--n-depth", args.n_depth, 0, MAX_TOKENS)?;
     if args.n_prompt == 0 && args.n_gen == 0 {
         return Err("nothing to measure: -p and -n are both 0".into());
     }
@@ -184,7 +192,8 @@ fn run(args: &Args) -> Res<()> {
     let level = qwen::kernels::select(args.kernels.as_deref())?;
 
     // Load: everything a user waits for before the first token.
-    let n_ctx = (args.n_prompt + args.n_gen).max(1);
+    let depth = args.n_depth;
+    let n_ctx = depth + args.n_prompt.max(args.n_gen).max(1);
     let t_load = Instant::now();
     let file = ModelFile::open(&args.model).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
@@ -259,15 +268,26 @@ fn run(args: &Args) -> Res<()> {
 
     let mut rng = Rng(0x5EED_0000_0000_0001);
     let n_ids = cfg.n_vocab_embd;
+    // The untimed context of `-d`: `depth` random tokens from position 0.
+    let fill = |st: &mut qwen::State, rng: &mut Rng, what: &str| -> Res<()> {
+        if depth > 0 {
+            let tokens: Vec<u32> = (0..depth).map(|_| rng.token(n_ids)).collect();
+            model
+                .forward(st, &tokens, 0, false)
+                .map_err(|e| format!("{what}: filling the context to -d {depth}: {e}"))?;
+        }
+        Ok(())
+    };
 
     let pp = if args.n_prompt > 0 {
         let mut speeds = Vec::with_capacity(args.repetitions);
         let runs = args.repetitions + usize::from(!args.no_warmup);
         for i in 0..runs {
+            fill(&mut st, &mut rng, &format!("pp run {i}"))?;
             let tokens: Vec<u32> = (0..args.n_prompt).map(|_| rng.token(n_ids)).collect();
             let s = timed(|| {
                 model
-                    .forward(&mut st, &tokens, 0, false)
+                    .forward(&mut st, &tokens, depth, false)
                     .map(|_| ())
                     .map_err(|e| format!("pp run {i}: {e}"))
             })?;
@@ -284,9 +304,11 @@ fn run(args: &Args) -> Res<()> {
         let mut speeds = Vec::with_capacity(args.repetitions);
         let runs = args.repetitions + usize::from(!args.no_warmup);
         for i in 0..runs {
+            fill(&mut st, &mut rng, &format!("tg run {i}"))?;
             let tokens: Vec<u32> = (0..args.n_gen).map(|_| rng.token(n_ids)).collect();
             let s = timed(|| {
-                for (pos, &tok) in tokens.iter().enumerate() {
+                for (i, &tok) in tokens.iter().enumerate() {
+                    let pos = depth + i;
                     model
                         .forward(&mut st, &[tok], pos, false)
                         .map_err(|e| format!("tg run {i} position {pos}: {e}"))?;
@@ -314,7 +336,7 @@ fn run(args: &Args) -> Res<()> {
             None => "null".to_string(),
         };
         println!(
-            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{},\"kv_cache_bytes\":{},\"cache_type_k\":\"{cache_k}\",\"cache_type_v\":\"{cache_v}\"}}",
+            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"n_depth\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{},\"kv_cache_bytes\":{},\"cache_type_k\":\"{cache_k}\",\"cache_type_v\":\"{cache_v}\"}}",
             js(pp),
             js(tg),
             json_num(load_s),
@@ -323,6 +345,7 @@ fn run(args: &Args) -> Res<()> {
             threads,
             args.n_prompt,
             args.n_gen,
+            depth,
             args.repetitions,
             file_bytes,
             n_params,
@@ -360,7 +383,11 @@ fn run(args: &Args) -> Res<()> {
                     params_col,
                     backend,
                     threads,
-                    format!("{name}{n}"),
+                    if depth > 0 {
+                        format!("{name}{n} @ d{depth}")
+                    } else {
+                        format!("{name}{n}")
+                    },
                     format!("{:.2} ± {:.2}", s.mean, s.stddev)
                 );
             }
