@@ -11,7 +11,10 @@ use half::f16;
 use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 use quant_formats::reference::{dequantize, dequantize_row_q8_k, quantize_row_q8_k};
 use quant_formats::GgmlType;
-use qwen::kernels::kq::{self, KqKernels, KqScratch, KqTileFn};
+use qwen::kernels::kq::{
+    self, ActKGemm, KGemmRows, KGemmType, KqGemm, KqKernels, KqScratch, KqTileFn, KQ_GEMM_ROWS,
+    KQ_GEMM_TOKENS,
+};
 use qwen::kernels::kq_generic::{self, scales_mins_k4, scales_q3_k};
 use qwen::kernels::{self, Kernels};
 use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
@@ -37,6 +40,7 @@ impl Rng {
 trait KBlock: bytemuck::Pod + Default + std::fmt::Debug {
     const DTYPE: GgmlType;
     fn tile(k: &KqKernels) -> KqTileFn<Self>;
+    fn gemm(g: &KqGemm) -> &KGemmType<Self>;
     /// Overwrite the f16 fields with finite values (random bytes are otherwise valid).
     fn fix_scales(&mut self, rng: &mut Rng, unit: bool);
     /// (codes minus offsets, as i32, in element order; the 16 weights of bsums[j])
@@ -48,6 +52,9 @@ impl KBlock for BlockQ2K {
     const DTYPE: GgmlType = GgmlType::Q2K;
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q2_k
+    }
+    fn gemm(g: &KqGemm) -> &KGemmType<Self> {
+        &g.q2_k
     }
     fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
         (self.d, self.dmin) = if unit {
@@ -71,6 +78,9 @@ impl KBlock for BlockQ3K {
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q3_k
     }
+    fn gemm(g: &KqGemm) -> &KGemmType<Self> {
+        &g.q3_k
+    }
     fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
         self.d = if unit { f16::ONE } else { rng.scale() };
     }
@@ -89,6 +99,9 @@ impl KBlock for BlockQ4K {
     const DTYPE: GgmlType = GgmlType::Q4K;
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q4_k
+    }
+    fn gemm(g: &KqGemm) -> &KGemmType<Self> {
+        &g.q4_k
     }
     fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
         (self.d, self.dmin) = if unit {
@@ -114,6 +127,9 @@ impl KBlock for BlockQ5K {
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q5_k
     }
+    fn gemm(g: &KqGemm) -> &KGemmType<Self> {
+        &g.q5_k
+    }
     fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
         (self.d, self.dmin) = if unit {
             (f16::ONE, f16::ONE)
@@ -138,6 +154,9 @@ impl KBlock for BlockQ6K {
     const DTYPE: GgmlType = GgmlType::Q6K;
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q6_k
+    }
+    fn gemm(g: &KqGemm) -> &KGemmType<Self> {
+        &g.q6_k
     }
     fn fix_scales(&mut self, rng: &mut Rng, unit: bool) {
         self.d = if unit { f16::ONE } else { rng.scale() };
@@ -664,6 +683,298 @@ fn multi_matrix_call_with_k_types() {
                 let mut want = vec![0f32; y.len()];
                 matmul_with(k, w, &x, &mut want, n_tok, &mut scratch);
                 assert_eq!(y, &want, "{} {} n_tok={n_tok}", w.dtype, k.name);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// K GEMM (prefill, 4 rows x 16 tokens): unpackers and GEMMs of every level that has
+// one equal the scalar twin bit for bit; the twin equals the exact integer
+// decomposition up to float summation order; the matmul through the GEMM path equals
+// a naive loop.
+
+/// Unpacked rows owning their storage.
+struct Unpacked {
+    q: Vec<u8>,
+    sc: Vec<i32>,
+    mw: Vec<i32>,
+    d: Vec<f32>,
+    dmin: Vec<f32>,
+}
+
+impl Unpacked {
+    fn new(n: usize) -> Self {
+        Self {
+            q: vec![0xAA; n * QK_K],
+            sc: vec![-7; n * 16],
+            mw: vec![-7; n * 8],
+            d: vec![f32::NAN; n],
+            dmin: vec![f32::NAN; n],
+        }
+    }
+    fn rows(&mut self) -> KGemmRows<'_> {
+        KGemmRows {
+            q: &mut self.q,
+            sc: &mut self.sc,
+            mw: &mut self.mw,
+            d: &mut self.d,
+            dmin: &mut self.dmin,
+        }
+    }
+    fn parts(&self) -> (&[u8], &[i32], &[i32], Vec<u32>, Vec<u32>) {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        (&self.q, &self.sc, &self.mw, bits(&self.d), bits(&self.dmin))
+    }
+}
+
+/// The GEMM levels to test against the scalar twin (those this CPU has).
+fn gemm_levels() -> Vec<(&'static str, &'static KqGemm)> {
+    let v: Vec<_> = kernels::available()
+        .into_iter()
+        .filter_map(|l| kq::gemm_table(l).map(|g| (l, g)))
+        .collect();
+    if v.is_empty() {
+        eprintln!("no K GEMM level on this CPU/build: only the scalar twin is tested");
+    }
+    v
+}
+
+/// A token block of `tn` tokens of q8_K activations for `nb` super-blocks: (the
+/// token-major blocks [tn, nb], the GEMM layout [nb]).
+fn gemm_block(rng: &mut Rng, nb: usize, tn: usize) -> (Vec<BlockQ8K>, Vec<ActKGemm>) {
+    let xq: Vec<BlockQ8K> = (0..tn).flat_map(|_| q8k(&acts(rng, nb))).collect();
+    let mut gx = vec![ActKGemm::default(); nb];
+    kq::kgemm_acts(&xq, tn, &mut gx);
+    (xq, gx)
+}
+
+fn gemm_case<B: KBlock>(seed: u64) {
+    let name = B::DTYPE.name();
+    let mut rng = Rng(seed);
+    let twin = B::gemm(&kq_generic::GEMM);
+    for nb in [1usize, 2, 3, 5] {
+        let w: Vec<B> = random_blocks(&mut rng, KQ_GEMM_ROWS * nb, false);
+        let mut want = Unpacked::new(KQ_GEMM_ROWS * nb);
+        (twin.unpack)(&w, &mut want.rows());
+        for tn in [1usize, 2, 7, 15, 16] {
+            let (xq, gx) = gemm_block(&mut rng, nb, tn);
+            let mut out = vec![f32::NAN; KQ_GEMM_ROWS * KQ_GEMM_TOKENS];
+            (twin.gemm)(&want.rows(), &gx, &mut out);
+            for t in 0..KQ_GEMM_TOKENS {
+                for r in 0..KQ_GEMM_ROWS {
+                    let o = out[t * KQ_GEMM_ROWS + r];
+                    if t >= tn {
+                        assert_eq!(o, 0.0, "{name} padding token {t}");
+                        continue;
+                    }
+                    let wr = &w[r * nb..(r + 1) * nb];
+                    let (exact, mag) = exact_dot(wr, &xq[t * nb..(t + 1) * nb]);
+                    let tol = 1e-5 * mag + 1e-30;
+                    assert!(
+                        (o as f64 - exact).abs() <= tol,
+                        "{name} twin nb={nb} tn={tn} r={r} t={t}: {o} vs exact {exact}"
+                    );
+                }
+            }
+            for (level, g) in gemm_levels() {
+                let mut got = Unpacked::new(KQ_GEMM_ROWS * nb);
+                (B::gemm(g).unpack)(&w, &mut got.rows());
+                assert!(
+                    got.parts() == want.parts(),
+                    "{name} {level} nb={nb}: unpack"
+                );
+                let mut o = vec![f32::NAN; out.len()];
+                (B::gemm(g).gemm)(&got.rows(), &gx, &mut o);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&o), bits(&out), "{name} {level} nb={nb} tn={tn}");
+            }
+        }
+    }
+    // Unit scales, small activation codes: every float step is exact, so the GEMM
+    // equals the integer dot exactly.
+    let nb = 3;
+    let w: Vec<B> = random_blocks(&mut rng, KQ_GEMM_ROWS * nb, true);
+    let xq: Vec<BlockQ8K> = (0..KQ_GEMM_TOKENS * nb)
+        .map(|_| {
+            let mut y = BlockQ8K {
+                d: 1.0,
+                ..Default::default()
+            };
+            for q in &mut y.qs {
+                *q = (rng.next() % 7) as i8 - 3;
+            }
+            for (j, s) in y.bsums.iter_mut().enumerate() {
+                *s = y.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+            }
+            y
+        })
+        .collect();
+    let mut gx = vec![ActKGemm::default(); nb];
+    kq::kgemm_acts(&xq, KQ_GEMM_TOKENS, &mut gx);
+    let mut all = vec![("scalar", &kq_generic::GEMM)];
+    all.extend(gemm_levels());
+    for (level, g) in all {
+        let mut u = Unpacked::new(KQ_GEMM_ROWS * nb);
+        (B::gemm(g).unpack)(&w, &mut u.rows());
+        let mut out = vec![f32::NAN; KQ_GEMM_ROWS * KQ_GEMM_TOKENS];
+        (B::gemm(g).gemm)(&u.rows(), &gx, &mut out);
+        for t in 0..KQ_GEMM_TOKENS {
+            for r in 0..KQ_GEMM_ROWS {
+                let (exact, _) = exact_dot(&w[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]);
+                assert_eq!(
+                    out[t * KQ_GEMM_ROWS + r] as f64,
+                    exact,
+                    "{name} {level} r={r} t={t}: not exact"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_q2_k() {
+    gemm_case::<BlockQ2K>(31);
+}
+
+#[test]
+fn gemm_q3_k() {
+    gemm_case::<BlockQ3K>(32);
+}
+
+#[test]
+fn gemm_q4_k() {
+    gemm_case::<BlockQ4K>(33);
+}
+
+#[test]
+fn gemm_q5_k() {
+    gemm_case::<BlockQ5K>(34);
+}
+
+#[test]
+fn gemm_q6_k() {
+    gemm_case::<BlockQ6K>(35);
+}
+
+/// Extreme codes: every weight code at its maximum and every activation at -128 / 127
+/// (the bounds the SIMD partial sums are sized for) through the twin and each level.
+#[test]
+fn gemm_extreme_codes() {
+    let nb = 2;
+    let xq: Vec<BlockQ8K> = (0..KQ_GEMM_TOKENS * nb)
+        .map(|i| {
+            let v: i8 = if i % 2 == 0 { -128 } else { 127 };
+            BlockQ8K {
+                d: 0.5,
+                qs: [v; QK_K],
+                bsums: [16 * v as i16; 16],
+            }
+        })
+        .collect();
+    let mut gx = vec![ActKGemm::default(); nb];
+    kq::kgemm_acts(&xq, KQ_GEMM_TOKENS, &mut gx);
+    fn check<B: KBlock>(w: &[B], xq: &[BlockQ8K], gx: &[ActKGemm]) {
+        let nb = gx.len();
+        let mut all = vec![("scalar", &kq_generic::GEMM)];
+        all.extend(gemm_levels());
+        for (level, g) in all {
+            let mut u = Unpacked::new(KQ_GEMM_ROWS * nb);
+            (B::gemm(g).unpack)(w, &mut u.rows());
+            let mut out = vec![f32::NAN; KQ_GEMM_ROWS * KQ_GEMM_TOKENS];
+            (B::gemm(g).gemm)(&u.rows(), gx, &mut out);
+            for t in 0..KQ_GEMM_TOKENS {
+                for r in 0..KQ_GEMM_ROWS {
+                    let (e, mag) = exact_dot(&w[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]);
+                    let o = out[t * KQ_GEMM_ROWS + r] as f64;
+                    assert!(
+                        (o - e).abs() <= 1e-6 * mag,
+                        "{} {level} r={r} t={t}: {o} vs {e}",
+                        B::DTYPE
+                    );
+                }
+            }
+        }
+    }
+    // All-ones bytes: the largest code of every type; scale bytes 0xFF give the
+    // largest 6-bit scales / mins (q6_K: scale -1, so also the most negative codes).
+    fn ones<B: KBlock>(n: usize) -> Vec<B> {
+        let mut w = vec![B::default(); n];
+        bytemuck::cast_slice_mut::<B, u8>(&mut w).fill(0xFF);
+        let mut rng = Rng(1);
+        for b in &mut w {
+            b.fix_scales(&mut rng, true);
+        }
+        w
+    }
+    check(&ones::<BlockQ2K>(KQ_GEMM_ROWS * nb), &xq, &gx);
+    check(&ones::<BlockQ3K>(KQ_GEMM_ROWS * nb), &xq, &gx);
+    check(&ones::<BlockQ4K>(KQ_GEMM_ROWS * nb), &xq, &gx);
+    check(&ones::<BlockQ5K>(KQ_GEMM_ROWS * nb), &xq, &gx);
+    let mut w = ones::<BlockQ6K>(KQ_GEMM_ROWS * nb);
+    for b in &mut w {
+        b.scales = [-128i8 as u8 as i8; 16];
+        b.scales[1] = 127;
+    }
+    check(&w, &xq, &gx);
+}
+
+/// The matmul through the GEMM path (16+ tokens per round) against a naive loop: odd
+/// token counts (a padded last block, rounds of 16 and 32), rows not a multiple of 4
+/// (the chunks' last rows through the tiles), several super-blocks, 1 and 2 threads;
+/// and the GEMM path against the same call forced through the tiles (rounds of 8).
+#[test]
+fn gemm_matmul_matches_naive_loop() {
+    let mut rng = Rng(17);
+    for dtype in [
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ] {
+        for (rows, cols) in [(203, 768), (6, 256)] {
+            let nb = cols / QK_K;
+            let data = random_k_matrix(&mut rng, dtype, rows, nb);
+            let bytes: &[u8] = bytemuck::cast_slice(&data);
+            let w = QMatrix::new("test", dtype, rows, cols, bytes).unwrap();
+            let mut wf = vec![0f32; rows * cols];
+            dequantize(dtype, bytes, &mut wf).unwrap();
+            for n_tok in [16usize, 17, 31, 40] {
+                let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+                let mut want = vec![(0.0f64, 0.0f64); n_tok * rows];
+                for t in 0..n_tok {
+                    let mut xd = vec![0f32; cols];
+                    dequantize_row_q8_k(&q8k(&x[t * cols..(t + 1) * cols]), &mut xd);
+                    for r in 0..rows {
+                        let wr = &wf[r * cols..(r + 1) * cols];
+                        want[t * rows + r] =
+                            wr.iter().zip(&xd).fold((0.0, 0.0), |(s, m), (&a, &b)| {
+                                (s + a as f64 * b as f64, m + (a as f64 * b as f64).abs())
+                            });
+                    }
+                }
+                for threads in [1usize, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    for k in levels() {
+                        for max_tokens in [16usize, 32] {
+                            let mut scratch = MatmulScratch::new(max_tokens, cols);
+                            let mut y = vec![f32::NAN; n_tok * rows];
+                            pool.install(|| matmul_with(k, &w, &x, &mut y, n_tok, &mut scratch));
+                            for (i, (&g, &(e, mag))) in y.iter().zip(&want).enumerate() {
+                                let tol = 2e-5 * mag + 1e-30;
+                                assert!(
+                                    (g as f64 - e).abs() <= tol,
+                                    "{dtype} {} {rows}x{cols} n_tok={n_tok} max_tokens={max_tokens} threads={threads}: y[{i}] = {g}, naive {e}",
+                                    k.name
+                                );
+                            }
+                        }
+                    }
+                }
             }
         }
     }

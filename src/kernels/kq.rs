@@ -77,6 +77,177 @@ pub fn active() -> &'static KqKernels {
     table(super::level())
 }
 
+/// Tokens per K GEMM token block (the 16 i32 lanes of a 512-bit vector).
+pub const KQ_GEMM_TOKENS: usize = 16;
+
+/// Weight rows per K GEMM call.
+pub const KQ_GEMM_ROWS: usize = 4;
+
+/// Most super-blocks per row the K GEMM takes (its unpacked rows live on the stack:
+/// ~90 KB); wider rows go through the tiles.
+pub const MAX_KQ_GEMM_BLOCKS: usize = 64;
+
+/// One q8_K super-block of [`KQ_GEMM_TOKENS`] tokens laid out for the K GEMM, which
+/// broadcasts 4 weight codes against 16 tokens at a time:
+/// - `q[c][4 * t + j]` = activation code `4c + j` of token `t`;
+/// - `bs16[k][t]` = token t's `bsums[2k]` (low i16) and `bsums[2k + 1]` (high i16):
+///   the sums of its codes 32k..32k+16 and 32k+16..32k+32;
+/// - `bs32[k][t]` = the sums of its codes 64k..64k+32 (low) and 64k+32..64k+64 (high)
+///   (each |.| <= 32 * 128, an i16);
+/// - `d[t]` = token t's q8_K scale.
+///
+/// Padding tokens of a partial block are all zero (codes, sums and scale).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ActKGemm {
+    pub q: [[i8; 64]; 64],
+    pub bs16: [[i32; 16]; 8],
+    pub bs32: [[i32; 16]; 4],
+    pub d: [f32; 16],
+}
+const _: () = assert!(std::mem::size_of::<ActKGemm>() == 4928);
+
+impl Default for ActKGemm {
+    fn default() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+/// Two i16 in one i32 word: `lo` in the low half, `hi` in the high half.
+#[inline]
+pub fn pair16(lo: i16, hi: i16) -> i32 {
+    (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32
+}
+
+/// Builds token block `x` ([nb] of [`ActKGemm`]) from `nt` tokens of q8_K activations
+/// `acts` ([nt, nb]); tokens past `nt` are zero. Panics (a bug) if `nt` is not in
+/// 1..=16 or the lengths do not fit.
+pub fn kgemm_acts(acts: &[BlockQ8K], nt: usize, x: &mut [ActKGemm]) {
+    let nb = x.len();
+    assert!(
+        (1..=KQ_GEMM_TOKENS).contains(&nt) && acts.len() == nt * nb,
+        "kgemm_acts: {} blocks for {nt} tokens x {nb}",
+        acts.len()
+    );
+    for (b, xb) in x.iter_mut().enumerate() {
+        if nt < KQ_GEMM_TOKENS {
+            *xb = ActKGemm::default();
+        }
+        for t in 0..nt {
+            let y = &acts[t * nb + b];
+            for (c, q) in xb.q.iter_mut().enumerate() {
+                q[4 * t..4 * t + 4].copy_from_slice(&y.qs[4 * c..4 * c + 4]);
+            }
+            let s = &y.bsums;
+            for k in 0..8 {
+                xb.bs16[k][t] = pair16(s[2 * k], s[2 * k + 1]);
+            }
+            for k in 0..4 {
+                // A q8_K sum of 16 codes is at most 16 * 128: two of them fit an i16.
+                let lo = s[4 * k].wrapping_add(s[4 * k + 1]);
+                let hi = s[4 * k + 2].wrapping_add(s[4 * k + 3]);
+                xb.bs32[k][t] = pair16(lo, hi);
+            }
+            xb.d[t] = y.d;
+        }
+    }
+}
+
+/// [`KQ_GEMM_ROWS`] weight rows of a K type unpacked for the GEMM, block `i = r * nb +
+/// b` (row r, super-block b) at index i of each array:
+/// - `q`: [rows * nb, 256] the codes as unsigned bytes in element order (q6_K's `+ 32`
+///   and q3_K's `+ 4` offsets kept: they go through `mw`);
+/// - `sc`: [rows * nb, 16] the scale of each 16 codes, its low i16 signed (the high
+///   half is zero, except q6_K's, which is the sign extension);
+/// - `mw`: [rows * nb, 8] i16 pairs weighting the activations' block sums: q4_K /
+///   q5_K (the mins of the 8 sub-blocks, against `bs32`, words 0..4), q2_K (its 16
+///   mins, against `bs16`), q3_K / q6_K (`-4 * scale` / `-32 * scale`, against `bs16`);
+/// - `d`: [rows * nb] the super-block scale; `dmin`: [rows * nb] `-dmin` (q2_K, q4_K,
+///   q5_K; 0 for the others, whose `mw` sums join the codes' integer sum).
+///
+/// The value of super-block i against token t's q8_K block with scale dx is then
+/// `d * dx * (isum + [msum]) + dmin * dx * [msum]`, isum = sum over codes of code *
+/// activation * scale, msum = sum over `mw` pairs of weight * block sum.
+#[derive(Debug)]
+pub struct KGemmRows<'a> {
+    pub q: &'a mut [u8],
+    pub sc: &'a mut [i32],
+    pub mw: &'a mut [i32],
+    pub d: &'a mut [f32],
+    pub dmin: &'a mut [f32],
+}
+
+impl KGemmRows<'_> {
+    /// Super-blocks held (rows * nb).
+    pub fn blocks(&self) -> usize {
+        self.d.len()
+    }
+
+    /// Panics (a bug) unless every array holds `n` blocks.
+    pub fn check(&self, n: usize) {
+        assert!(
+            self.q.len() == n * 256
+                && self.sc.len() == n * 16
+                && self.mw.len() == n * 8
+                && self.d.len() == n
+                && self.dmin.len() == n,
+            "KGemmRows: arrays of {} / {} / {} / {} / {} for {n} blocks",
+            self.q.len(),
+            self.sc.len(),
+            self.mw.len(),
+            self.d.len(),
+            self.dmin.len()
+        );
+    }
+}
+
+/// Unpacks super-blocks `w` ([n]) into `rows` (which holds exactly n blocks).
+pub type KUnpackFn<W> = fn(w: &[W], rows: &mut KGemmRows);
+
+/// GEMM of [`KQ_GEMM_ROWS`] unpacked rows (`nb` super-blocks each) against one token
+/// block `x` ([nb] of [`ActKGemm`]): `out[t * 4 + r]` ([16, 4]) = the sum over
+/// super-blocks b, in order, of `fma(f32(isum + [msum]), d * dx, acc)` then, for q2_K /
+/// q4_K / q5_K, `fma(f32(msum), dmin * dx, acc)` (see [`KGemmRows`]), with exact
+/// integer sums. The scalar twin is `kq_generic::GEMM`; SIMD levels equal it bit for
+/// bit. (Only the float order differs from the tiles'.)
+pub type KGemmFn = fn(w: &KGemmRows, x: &[ActKGemm], out: &mut [f32]);
+
+/// The unpacker and GEMM of one K type.
+#[derive(Debug)]
+pub struct KGemmType<W: 'static> {
+    pub unpack: KUnpackFn<W>,
+    pub gemm: KGemmFn,
+}
+
+/// One level's K GEMM kernels.
+#[derive(Debug)]
+pub struct KqGemm {
+    pub q2_k: KGemmType<BlockQ2K>,
+    pub q3_k: KGemmType<BlockQ3K>,
+    pub q4_k: KGemmType<BlockQ4K>,
+    pub q5_k: KGemmType<BlockQ5K>,
+    pub q6_k: KGemmType<BlockQ6K>,
+}
+
+/// The K GEMM of a runtime kernel level, if this build and CPU have one (AVX-512 VNNI).
+pub fn gemm_table(level: &str) -> Option<&'static KqGemm> {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => super::kq_x86::gemm_avx512(),
+        _ => None,
+    }
+}
+
+/// Panics (a bug) unless `w` holds `KQ_GEMM_ROWS * nb` blocks and `out` 16 x 4 values.
+pub fn kgemm_shape(w: &KGemmRows, nb: usize, out: usize) {
+    w.check(KQ_GEMM_ROWS * nb);
+    assert_eq!(
+        out,
+        KQ_GEMM_ROWS * KQ_GEMM_TOKENS,
+        "kq gemm: output of {out} values"
+    );
+}
+
 impl KqKernels {
     /// Single dot products through the tile kernels (tests, one-token callers).
     pub fn dot_q2_k(&self, w: &[BlockQ2K], x: &[BlockQ8K]) -> f32 {
@@ -110,6 +281,9 @@ pub struct KqScratch {
     max_blocks: usize,
     /// [max_tokens, max_blocks]
     acts: Vec<BlockQ8K>,
+    /// The same activations for the K GEMM: [max_tokens / 16 (rounded up), max_blocks]
+    /// token blocks; empty when no level of this CPU has a K GEMM or max_tokens < 16.
+    gemm: Vec<ActKGemm>,
 }
 
 impl KqScratch {
@@ -122,6 +296,14 @@ impl KqScratch {
             max_tokens,
             max_blocks,
             acts: vec![BlockQ8K::default(); max_tokens * max_blocks],
+            gemm: if max_tokens >= KQ_GEMM_TOKENS
+                && max_blocks <= MAX_KQ_GEMM_BLOCKS
+                && super::LEVELS.iter().any(|l| gemm_table(l).is_some())
+            {
+                vec![ActKGemm::default(); max_tokens.div_ceil(KQ_GEMM_TOKENS) * max_blocks]
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -238,6 +420,29 @@ pub fn matmul_multi_with(
             }
         }
         let acts = &scratch.acts[..nt * nb];
+        // Blocks of 16+ tokens: the GEMM layout too (the last block padded).
+        let gemm = gemm_table(k.name).filter(|_| {
+            nt >= KQ_GEMM_TOKENS
+                && nb <= MAX_KQ_GEMM_BLOCKS
+                && scratch.gemm.len() >= nt.div_ceil(KQ_GEMM_TOKENS) * nb
+        });
+        let n_gx = if gemm.is_some() {
+            nt.div_ceil(KQ_GEMM_TOKENS) * nb
+        } else {
+            0
+        };
+        let gx = &mut scratch.gemm[..n_gx];
+        let build = |(tb, g): (usize, &mut [ActKGemm])| {
+            let t = tb * KQ_GEMM_TOKENS;
+            let tn = KQ_GEMM_TOKENS.min(nt - t);
+            kgemm_acts(&acts[t * nb..(t + tn) * nb], tn, g);
+        };
+        if n_gx > 0 && parallel {
+            gx.par_chunks_mut(nb).enumerate().for_each(build);
+        } else if n_gx > 0 {
+            gx.chunks_mut(nb).enumerate().for_each(build);
+        }
+        let gx = &*gx;
         for_each_row_chunk_multi(
             ys,
             &rows[..n],
@@ -247,13 +452,29 @@ pub fn matmul_multi_with(
             parallel,
             |i, mut out| {
                 let w = ws[i];
-                match w.dtype {
-                    GgmlType::Q2K => chunk_rows(k.q2_k, cast(w), nb, acts, nt, tile_t, &mut out),
-                    GgmlType::Q3K => chunk_rows(k.q3_k, cast(w), nb, acts, nt, tile_t, &mut out),
-                    GgmlType::Q4K => chunk_rows(k.q4_k, cast(w), nb, acts, nt, tile_t, &mut out),
-                    GgmlType::Q5K => chunk_rows(k.q5_k, cast(w), nb, acts, nt, tile_t, &mut out),
-                    GgmlType::Q6K => chunk_rows(k.q6_k, cast(w), nb, acts, nt, tile_t, &mut out),
-                    other => panic!("kq matmul: type {other} is not a K-quant type"),
+                let o = &mut out;
+                match (w.dtype, gemm) {
+                    (GgmlType::Q2K, g) => {
+                        let r = g.map_or(0, |g| gemm_rows(&g.q2_k, cast(w), nb, gx, nt, o));
+                        chunk_rows(k.q2_k, cast(w), nb, acts, nt, tile_t, r, o)
+                    }
+                    (GgmlType::Q3K, g) => {
+                        let r = g.map_or(0, |g| gemm_rows(&g.q3_k, cast(w), nb, gx, nt, o));
+                        chunk_rows(k.q3_k, cast(w), nb, acts, nt, tile_t, r, o)
+                    }
+                    (GgmlType::Q4K, g) => {
+                        let r = g.map_or(0, |g| gemm_rows(&g.q4_k, cast(w), nb, gx, nt, o));
+                        chunk_rows(k.q4_k, cast(w), nb, acts, nt, tile_t, r, o)
+                    }
+                    (GgmlType::Q5K, g) => {
+                        let r = g.map_or(0, |g| gemm_rows(&g.q5_k, cast(w), nb, gx, nt, o));
+                        chunk_rows(k.q5_k, cast(w), nb, acts, nt, tile_t, r, o)
+                    }
+                    (GgmlType::Q6K, g) => {
+                        let r = g.map_or(0, |g| gemm_rows(&g.q6_k, cast(w), nb, gx, nt, o));
+                        chunk_rows(k.q6_k, cast(w), nb, acts, nt, tile_t, r, o)
+                    }
+                    (other, _) => panic!("kq matmul: type {other} is not a K-quant type"),
                 }
             },
         );
@@ -265,8 +486,56 @@ fn cast<'a, T: bytemuck::Pod>(w: &QMatrix<'a>) -> &'a [T] {
     bytemuck::cast_slice(w.data)
 }
 
-/// One chunk of rows of `w` ([rows, nb]) against the round's activations `acts`
-/// ([nt, nb]); `out` is relative to the round's first token.
+/// The chunk's rows in groups of [`KQ_GEMM_ROWS`] through the K GEMM: each group
+/// unpacked once (on the stack) and run against every token block of `gx` ([nt / 16
+/// rounded up, nb]). Returns the first row it did not do (the last rows of a chunk
+/// that is not a multiple of 4 go to the tiles).
+fn gemm_rows<W>(
+    g: &KGemmType<W>,
+    w: &[W],
+    nb: usize,
+    gx: &[ActKGemm],
+    nt: usize,
+    out: &mut RowChunkOut,
+) -> usize {
+    const N: usize = KQ_GEMM_ROWS * MAX_KQ_GEMM_BLOCKS;
+    let range = out.rows();
+    let n = KQ_GEMM_ROWS * nb;
+    let mut q = [0u8; N * 256];
+    let mut sc = [0i32; N * 16];
+    let mut mw = [0i32; N * 8];
+    let mut d = [0.0f32; N];
+    let mut dmin = [0.0f32; N];
+    let mut rows = KGemmRows {
+        q: &mut q[..n * 256],
+        sc: &mut sc[..n * 16],
+        mw: &mut mw[..n * 8],
+        d: &mut d[..n],
+        dmin: &mut dmin[..n],
+    };
+    let mut buf = [0.0f32; KQ_GEMM_ROWS * KQ_GEMM_TOKENS];
+    let mut r = range.start;
+    while r + KQ_GEMM_ROWS <= range.end {
+        (g.unpack)(&w[r * nb..(r + KQ_GEMM_ROWS) * nb], &mut rows);
+        for (tb, xb) in gx.chunks_exact(nb).enumerate() {
+            (g.gemm)(&rows, xb, &mut buf);
+            let tn = KQ_GEMM_TOKENS.min(nt - tb * KQ_GEMM_TOKENS);
+            out.write_tile(
+                r,
+                KQ_GEMM_ROWS,
+                tb * KQ_GEMM_TOKENS,
+                &buf[..tn * KQ_GEMM_ROWS],
+            );
+        }
+        r += KQ_GEMM_ROWS;
+    }
+    r
+}
+
+/// The chunk's rows from `first` on, of `w` ([rows, nb]), against the round's
+/// activations `acts` ([nt, nb]) through the tiles; `out` is relative to the round's
+/// first token.
+#[allow(clippy::too_many_arguments)]
 fn chunk_rows<W>(
     tile: KqTileFn<W>,
     w: &[W],
@@ -274,8 +543,13 @@ fn chunk_rows<W>(
     acts: &[BlockQ8K],
     nt: usize,
     tile_t: usize,
+    first: usize,
     out: &mut RowChunkOut,
 ) {
+    let rows = first.max(out.rows().start)..out.rows().end;
+    if rows.is_empty() {
+        return;
+    }
     let mut buf = [0.0f32; MAX_KQ_TILE_TOKENS];
     // Token blocks outside, rows inside: one block of activations (tile_t tokens)
     // stays in cache while the chunk's weight rows stream past it.
@@ -283,7 +557,7 @@ fn chunk_rows<W>(
     while t0 < nt {
         let tb = tile_t.min(nt - t0);
         let xs = &acts[t0 * nb..(t0 + tb) * nb];
-        for r in out.rows() {
+        for r in rows.clone() {
             tile(&w[r * nb..(r + 1) * nb], xs, &mut buf[..tb]);
             out.write(r, t0, &buf[..tb]);
         }

@@ -9,7 +9,11 @@
 //! (one integer sum per super-block, `d * isum - dmin * summs`). The result is the
 //! value ggml's generic build computes, in the same float order.
 
-use super::kq::{KqKernels, MAX_KQ_TILE_TOKENS};
+use super::kq::{
+    kgemm_shape, pair16, ActKGemm, KGemmRows, KGemmType, KqGemm, KqKernels, KQ_GEMM_ROWS,
+    KQ_GEMM_TOKENS, MAX_KQ_TILE_TOKENS,
+};
+use half::f16;
 use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 
 /// The scalar K table.
@@ -294,3 +298,243 @@ kq_tile!(tile_q3_k, vec_dot_q3_k, BlockQ3K);
 kq_tile!(tile_q4_k, vec_dot_q4_k, BlockQ4K);
 kq_tile!(tile_q5_k, vec_dot_q5_k, BlockQ5K);
 kq_tile!(tile_q6_k, vec_dot_q6_k, BlockQ6K);
+
+// ---------------------------------------------------------------------------
+// K GEMM (prefill): the scalar twin of the SIMD GEMMs, see `kq::KGemmRows` and
+// `kq::KGemmFn`. The integers are the tiles' (exact); the float steps are one fused
+// multiply-add per super-block and sum, as the SIMD kernels do them.
+
+/// The scalar K GEMM table: the spec the SIMD GEMMs are tested against.
+pub static GEMM: KqGemm = KqGemm {
+    q2_k: KGemmType {
+        unpack: unpack_q2_k,
+        gemm: gemm_sep::<false>,
+    },
+    q3_k: KGemmType {
+        unpack: unpack_q3_k,
+        gemm: gemm_joint,
+    },
+    q4_k: KGemmType {
+        unpack: unpack_q4_k,
+        gemm: gemm_sep::<true>,
+    },
+    q5_k: KGemmType {
+        unpack: unpack_q5_k,
+        gemm: gemm_sep::<true>,
+    },
+    q6_k: KGemmType {
+        unpack: unpack_q6_k,
+        gemm: gemm_joint,
+    },
+};
+
+/// Unpacks each block of `w`: its codes with `codes` (None: left for the caller, the
+/// SIMD unpackers), its scales, pair weights, d and dmin with `meta`.
+#[inline]
+pub fn unpack_with<W>(
+    w: &[W],
+    rows: &mut KGemmRows,
+    codes: Option<fn(&W, &mut [u8; QK_K])>,
+    meta: fn(&W, &mut [i32; 16], &mut [i32; 8]) -> (f32, f32),
+) {
+    rows.check(w.len());
+    for (i, b) in w.iter().enumerate() {
+        if let Some(codes) = codes {
+            let q = &mut rows.q[i * QK_K..(i + 1) * QK_K];
+            codes(b, q.try_into().expect("QK_K codes"));
+        }
+        let sc = &mut rows.sc[i * 16..(i + 1) * 16];
+        let mw = &mut rows.mw[i * 8..(i + 1) * 8];
+        (rows.d[i], rows.dmin[i]) = meta(
+            b,
+            sc.try_into().expect("16 scales"),
+            mw.try_into().expect("8 pairs"),
+        );
+    }
+}
+
+/// q4_K / q5_K scales and mins: each 6-bit scale for its two 16s, the mins as pairs
+/// (against `bs32`); (d, -dmin).
+fn meta_k4(s: &[u8; 12], d: f16, dmin: f16, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
+    let (s8, m8) = scales_mins_k4(s);
+    for (j, v) in sc.iter_mut().enumerate() {
+        *v = s8[j / 2] as i32;
+    }
+    for (k, v) in mw.iter_mut().enumerate() {
+        *v = if k < 4 {
+            pair16(m8[2 * k] as i16, m8[2 * k + 1] as i16)
+        } else {
+            0
+        };
+    }
+    (d.to_f32(), -dmin.to_f32())
+}
+
+/// q4_K: scales, mins and (d, -dmin) for the GEMM.
+pub fn meta_q4_k(b: &BlockQ4K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
+    meta_k4(&b.scales, b.d, b.dmin, sc, mw)
+}
+
+/// q5_K: as q4_K.
+pub fn meta_q5_k(b: &BlockQ5K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
+    meta_k4(&b.scales, b.d, b.dmin, sc, mw)
+}
+
+/// q6_K: scales sign-extended, the `- 32` as `-32 * scale` pairs (against `bs16`); (d, 0).
+pub fn meta_q6_k(b: &BlockQ6K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
+    for (v, &s) in sc.iter_mut().zip(&b.scales) {
+        *v = s as i32;
+    }
+    for (k, v) in mw.iter_mut().enumerate() {
+        let (lo, hi) = (b.scales[2 * k] as i16, b.scales[2 * k + 1] as i16);
+        *v = pair16(-32 * lo, -32 * hi);
+    }
+    (b.d.to_f32(), 0.0)
+}
+
+/// q3_K: scales in the low i16, the `- 4` as `-4 * scale` pairs (against `bs16`); (d, 0).
+pub fn meta_q3_k(b: &BlockQ3K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
+    let s = scales_q3_k(&b.scales);
+    for (v, &s) in sc.iter_mut().zip(&s) {
+        *v = pair16(s as i16, 0);
+    }
+    for (k, v) in mw.iter_mut().enumerate() {
+        *v = pair16(-4 * s[2 * k] as i16, -4 * s[2 * k + 1] as i16);
+    }
+    (b.d.to_f32(), 0.0)
+}
+
+/// q2_K: 4-bit scales, the 4-bit mins as pairs (against `bs16`); (d, -dmin).
+pub fn meta_q2_k(b: &BlockQ2K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
+    for (v, &s) in sc.iter_mut().zip(&b.scales) {
+        *v = (s & 0x0F) as i32;
+    }
+    for (k, v) in mw.iter_mut().enumerate() {
+        *v = pair16(
+            (b.scales[2 * k] >> 4) as i16,
+            (b.scales[2 * k + 1] >> 4) as i16,
+        );
+    }
+    (b.d.to_f32(), -b.dmin.to_f32())
+}
+
+/// q4_K rows for the GEMM: codes 0..16.
+pub fn unpack_q4_k(w: &[BlockQ4K], rows: &mut KGemmRows) {
+    let codes = |b: &BlockQ4K, q: &mut [u8; QK_K]| {
+        for (o, c) in q.iter_mut().zip(codes_q4_k(&b.qs)) {
+            *o = c as u8;
+        }
+    };
+    unpack_with(w, rows, Some(codes), meta_q4_k)
+}
+
+/// q5_K rows for the GEMM: codes 0..32.
+pub fn unpack_q5_k(w: &[BlockQ5K], rows: &mut KGemmRows) {
+    let codes = |b: &BlockQ5K, q: &mut [u8; QK_K]| {
+        for (o, c) in q.iter_mut().zip(codes_q5_k(&b.qs, &b.qh)) {
+            *o = c as u8;
+        }
+    };
+    unpack_with(w, rows, Some(codes), meta_q5_k)
+}
+
+/// q6_K rows for the GEMM: codes 0..64 (the stored ones, `- 32` not applied).
+pub fn unpack_q6_k(w: &[BlockQ6K], rows: &mut KGemmRows) {
+    let codes = |b: &BlockQ6K, q: &mut [u8; QK_K]| {
+        for (o, c) in q.iter_mut().zip(codes_q6_k(&b.ql, &b.qh)) {
+            *o = (c + 32) as u8;
+        }
+    };
+    unpack_with(w, rows, Some(codes), meta_q6_k)
+}
+
+/// q3_K rows for the GEMM: codes 0..8 (`- 4` not applied).
+pub fn unpack_q3_k(w: &[BlockQ3K], rows: &mut KGemmRows) {
+    let codes = |b: &BlockQ3K, q: &mut [u8; QK_K]| {
+        for (o, c) in q.iter_mut().zip(codes_q3_k(&b.qs, &b.hmask)) {
+            *o = (c + 4) as u8;
+        }
+    };
+    unpack_with(w, rows, Some(codes), meta_q3_k)
+}
+
+/// q2_K rows for the GEMM: codes 0..4.
+pub fn unpack_q2_k(w: &[BlockQ2K], rows: &mut KGemmRows) {
+    let codes = |b: &BlockQ2K, q: &mut [u8; QK_K]| {
+        for (i, o) in q.iter_mut().enumerate() {
+            *o = (b.qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3;
+        }
+    };
+    unpack_with(w, rows, Some(codes), meta_q2_k)
+}
+
+/// (isum, msum) of unpacked block `i` against token `t` of `xb`: isum = sum of code *
+/// activation * scale (the scale is the word's low i16), msum = sum of the `mw` pairs
+/// times the block sums (`bs32` when `BS32`, else `bs16`).
+#[inline]
+fn kgemm_ints<const BS32: bool>(w: &KGemmRows, i: usize, xb: &ActKGemm, t: usize) -> (i32, i32) {
+    let mut isum = 0i32;
+    for c in 0..QK_K / 4 {
+        let s = w.sc[i * 16 + c / 4] as i16 as i32;
+        let a = &xb.q[c][4 * t..4 * t + 4];
+        let q = &w.q[i * QK_K + 4 * c..i * QK_K + 4 * c + 4];
+        let p: i32 = a.iter().zip(q).map(|(&a, &q)| a as i32 * q as i32).sum();
+        isum += s * p;
+    }
+    let lohi = |v: i32| (v as i16 as i32, (v >> 16) as i16 as i32);
+    let mut msum = 0i32;
+    for k in 0..if BS32 { 4 } else { 8 } {
+        let bs = if BS32 { xb.bs32[k][t] } else { xb.bs16[k][t] };
+        let ((m0, m1), (b0, b1)) = (lohi(w.mw[i * 8 + k]), lohi(bs));
+        msum += m0 * b0 + m1 * b1;
+    }
+    (isum, msum)
+}
+
+/// Writes `f[r][t]` ([4, 16]) to `out[t * 4 + r]` ([16, 4]).
+#[inline]
+fn kgemm_store(f: &[[f32; KQ_GEMM_TOKENS]; KQ_GEMM_ROWS], out: &mut [f32]) {
+    for t in 0..KQ_GEMM_TOKENS {
+        for r in 0..KQ_GEMM_ROWS {
+            out[t * KQ_GEMM_ROWS + r] = f[r][t];
+        }
+    }
+}
+
+/// K GEMM for q2_K / q4_K / q5_K: `acc = fma(f32(isum), d * dx, acc)`, then
+/// `acc = fma(f32(msum), dmin * dx, acc)` per super-block (mins against `bs32` when
+/// `BS32`).
+fn gemm_sep<const BS32: bool>(w: &KGemmRows, x: &[ActKGemm], out: &mut [f32]) {
+    let nb = x.len();
+    kgemm_shape(w, nb, out.len());
+    let mut f = [[0.0f32; KQ_GEMM_TOKENS]; KQ_GEMM_ROWS];
+    for (r, fr) in f.iter_mut().enumerate() {
+        for (b, xb) in x.iter().enumerate() {
+            let i = r * nb + b;
+            for (t, acc) in fr.iter_mut().enumerate() {
+                let (isum, msum) = kgemm_ints::<BS32>(w, i, xb, t);
+                *acc = (isum as f32).mul_add(w.d[i] * xb.d[t], *acc);
+                *acc = (msum as f32).mul_add(w.dmin[i] * xb.d[t], *acc);
+            }
+        }
+    }
+    kgemm_store(&f, out);
+}
+
+/// K GEMM for q3_K / q6_K: `acc = fma(f32(isum + msum), d * dx, acc)` per super-block
+/// (the offsets against `bs16`).
+fn gemm_joint(w: &KGemmRows, x: &[ActKGemm], out: &mut [f32]) {
+    let nb = x.len();
+    kgemm_shape(w, nb, out.len());
+    let mut f = [[0.0f32; KQ_GEMM_TOKENS]; KQ_GEMM_ROWS];
+    for (r, fr) in f.iter_mut().enumerate() {
+        for (b, xb) in x.iter().enumerate() {
+            let i = r * nb + b;
+            for (t, acc) in fr.iter_mut().enumerate() {
+                let (isum, msum) = kgemm_ints::<false>(w, i, xb, t);
+                *acc = ((isum + msum) as f32).mul_add(w.d[i] * xb.d[t], *acc);
+            }
+        }
+    }
+    kgemm_store(&f, out);
+}

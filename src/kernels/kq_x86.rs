@@ -19,8 +19,10 @@
 //! reports every feature the functions are compiled for. A tile unpacks each weight
 //! super-block once and multiplies it with every token's block.
 
-use super::kq::KqKernels;
-use super::kq_generic::{scales_mins_k4, scales_q3_k};
+use super::kq::{
+    kgemm_shape, ActKGemm, KGemmRows, KGemmType, KqGemm, KqKernels, KQ_GEMM_ROWS, KQ_GEMM_TOKENS,
+};
+use super::kq_generic::{self, scales_mins_k4, scales_q3_k};
 use super::x86::{f16_to_f32 as h2f, hsum};
 use core::arch::x86_64::*;
 use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
@@ -42,6 +44,34 @@ pub(super) fn avx512() -> Option<&'static KqKernels> {
         && is_x86_feature_detected!("avx512vnni");
     ok.then_some(&AVX512)
 }
+
+/// The AVX-512 K GEMM, if this CPU has what [`avx512`] needs.
+pub(super) fn gemm_avx512() -> Option<&'static KqGemm> {
+    avx512().map(|_| &GEMM_AVX512)
+}
+
+static GEMM_AVX512: KqGemm = KqGemm {
+    q2_k: KGemmType {
+        unpack: avx512_impl::unpack_q2_k,
+        gemm: avx512_impl::gemm_q2_k,
+    },
+    q3_k: KGemmType {
+        unpack: avx512_impl::unpack_q3_k,
+        gemm: avx512_impl::gemm_q3_k,
+    },
+    q4_k: KGemmType {
+        unpack: avx512_impl::unpack_q4_k,
+        gemm: avx512_impl::gemm_q4_k,
+    },
+    q5_k: KGemmType {
+        unpack: avx512_impl::unpack_q5_k,
+        gemm: avx512_impl::gemm_q5_k,
+    },
+    q6_k: KGemmType {
+        unpack: avx512_impl::unpack_q6_k,
+        gemm: avx512_impl::gemm_q6_k,
+    },
+};
 
 static AVX2: KqKernels = KqKernels {
     name: "avx2",
@@ -713,4 +743,250 @@ mod avx512_impl {
     wrap_tile!(q4_k, q4_k_t, BlockQ4K, 8);
     wrap_tile!(q5_k, q5_k_t, BlockQ5K, 8);
     wrap_tile!(q6_k, q6_k_t, BlockQ6K, 8);
+
+    // -----------------------------------------------------------------------
+    // K GEMM (prefill): 4 rows x 16 tokens, tokens in the 16 i32 lanes. Per super-block
+    // and 4-code chunk c, one `vpdpbusd` per row multiplies the token block's chunk-c
+    // bytes (64: 4 signed codes per token) by the row's 4 unsigned codes broadcast
+    // from memory, into a partial sum that starts from zero every G chunks; the
+    // partial sum is then weighted by its 16-code scale: `vpdpwssd` with the scale in
+    // the low i16 (high i16 zero) when the partial sum fits an i16 (it is its own low
+    // half, the high half its sign), else `vpmulld` (q6_K). Bounds with |activation| <=
+    // 128: q4_K G = 4 chunks, 16 * 15 * 128 = 30720; q5_K G = 2, 8 * 31 * 128 = 31744;
+    // q2_K / q3_K G = 4, 16 * 7 * 128 = 14336; q6_K 16 * 63 * 128 = 129024 (vpmulld).
+    // The block sums are weighted by `mw` with `vpdpwssd` (both i16 pairs). A
+    // super-block's isum is below 2^29 in magnitude, so every integer is exact.
+
+    /// The K GEMM. `G`: chunks per partial sum; `MUL`: scale by `vpmulld`; `BS32`: the
+    /// `mw` pairs go against `bs32` (4 words) instead of `bs16` (8); `SEP`: the block
+    /// sums have their own float scale (`dmin`) instead of joining isum.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn kgemm_t<const G: usize, const MUL: bool, const BS32: bool, const SEP: bool>(
+        w: &KGemmRows,
+        x: &[ActKGemm],
+        out: &mut [f32],
+    ) {
+        const R: usize = KQ_GEMM_ROWS;
+        let nb = x.len();
+        kgemm_shape(w, nb, out.len());
+        let z = _mm512_setzero_si512();
+        let mut f = [_mm512_setzero_ps(); R];
+        for (b, xb) in x.iter().enumerate() {
+            let mut isum = [z; R];
+            let mut msum = [z; R];
+            for k in 0..if BS32 { 4 } else { 8 } {
+                let bs = if BS32 {
+                    load512(&xb.bs32[k])
+                } else {
+                    load512(&xb.bs16[k])
+                };
+                for r in 0..R {
+                    let m = _mm512_set1_epi32(w.mw[(r * nb + b) * 8 + k]);
+                    if SEP {
+                        msum[r] = _mm512_dpwssd_epi32(msum[r], bs, m);
+                    } else {
+                        isum[r] = _mm512_dpwssd_epi32(isum[r], bs, m);
+                    }
+                }
+            }
+            let q: [&[u8]; R] = std::array::from_fn(|r| &w.q[(r * nb + b) * 256..][..256]);
+            let sc: [&[i32]; R] = std::array::from_fn(|r| &w.sc[(r * nb + b) * 16..][..16]);
+            for g in 0..64 / G {
+                let mut part = [z; R];
+                for c in g * G..(g + 1) * G {
+                    // SAFETY: q[c] is 64 bytes at a 64-byte aligned offset of an ActKGemm.
+                    let xv = unsafe { _mm512_load_si512(xb.q[c].as_ptr().cast()) };
+                    for r in 0..R {
+                        let qr = &q[r][4 * c..4 * c + 4];
+                        let cw = i32::from_le_bytes([qr[0], qr[1], qr[2], qr[3]]);
+                        part[r] = _mm512_dpbusd_epi32(part[r], _mm512_set1_epi32(cw), xv);
+                    }
+                }
+                for r in 0..R {
+                    let s = _mm512_set1_epi32(sc[r][g * G / 4]);
+                    isum[r] = if MUL {
+                        _mm512_add_epi32(isum[r], _mm512_mullo_epi32(part[r], s))
+                    } else {
+                        _mm512_dpwssd_epi32(isum[r], part[r], s)
+                    };
+                }
+            }
+            // SAFETY: d is 64 bytes at a 64-byte aligned offset of an ActKGemm.
+            let dx = unsafe { _mm512_load_ps(xb.d.as_ptr()) };
+            for r in 0..R {
+                let i = r * nb + b;
+                let d = _mm512_mul_ps(_mm512_set1_ps(w.d[i]), dx);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), d, f[r]);
+                if SEP {
+                    let dm = _mm512_mul_ps(_mm512_set1_ps(w.dmin[i]), dx);
+                    f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum[r]), dm, f[r]);
+                }
+            }
+        }
+        let mut t = [[0.0f32; KQ_GEMM_TOKENS]; R];
+        for (r, fr) in f.iter().enumerate() {
+            // SAFETY: t[r] is 16 writable f32; storeu has no alignment need.
+            unsafe { _mm512_storeu_ps(t[r].as_mut_ptr(), *fr) };
+        }
+        for tok in 0..KQ_GEMM_TOKENS {
+            for r in 0..R {
+                out[tok * R + r] = t[r][tok];
+            }
+        }
+    }
+
+    /// Safe entry over `kgemm_t::<…>`.
+    macro_rules! wrap_gemm {
+        ($name:ident, $g:literal, $mul:literal, $bs32:literal, $sep:literal) => {
+            pub(super) fn $name(w: &KGemmRows, x: &[ActKGemm], out: &mut [f32]) {
+                // SAFETY: only reachable through the table `gemm_avx512()` returns after
+                // `avx512()` checked every feature kgemm_t is compiled with; shapes are
+                // checked inside.
+                unsafe { kgemm_t::<$g, $mul, $bs32, $sep>(w, x, out) }
+            }
+        };
+    }
+
+    wrap_gemm!(gemm_q2_k, 4, false, false, true);
+    wrap_gemm!(gemm_q3_k, 4, false, false, false);
+    wrap_gemm!(gemm_q4_k, 4, false, true, true);
+    wrap_gemm!(gemm_q5_k, 2, false, true, true);
+    wrap_gemm!(gemm_q6_k, 4, true, false, false);
+
+    /// Stores 4 vectors of codes (256 bytes, element order) at `q[0..256]`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn store_codes(q: &mut [u8], v: &[__m512i; 4]) {
+        assert!(q.len() >= 256);
+        for (k, vk) in v.iter().enumerate() {
+            // SAFETY: q holds at least 256 writable bytes (checked); storeu has no
+            // alignment need.
+            unsafe { _mm512_storeu_si512(q[64 * k..].as_mut_ptr().cast(), *vk) };
+        }
+    }
+
+    /// Shared unpack loop: codes by SIMD (`$codes` gives the 4 vectors of a block),
+    /// scales, pair weights, d and dmin by the scalar twin's `$meta`.
+    macro_rules! unpack_fn {
+        ($name:ident, $w:ty, $meta:path, |$b:ident| $codes:expr) => {
+            pub(super) fn $name(w: &[$w], rows: &mut KGemmRows) {
+                kq_generic::unpack_with(w, rows, None, $meta);
+                for (i, $b) in w.iter().enumerate() {
+                    // SAFETY: only reachable through the table `gemm_avx512()` returns
+                    // after `avx512()` checked every feature these helpers use; the
+                    // length of rows.q was checked by unpack_with (and store_codes).
+                    unsafe {
+                        let v = $codes;
+                        store_codes(&mut rows.q[256 * i..256 * i + 256], &v)
+                    };
+                }
+            }
+        };
+    }
+
+    /// q6_K codes (unsigned, element order) of one block.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn codes_q6_k(b: &BlockQ6K) -> [__m512i; 4] {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        let mut q = [_mm512_setzero_si512(); 4];
+        for h in 0..2 {
+            let ql = load512(&b.ql[64 * h..]);
+            let qh = load256(&b.qh[32 * h..]);
+            let hb =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
+            q[2 * h] = _mm512_or_si512(
+                _mm512_and_si512(ql, m4),
+                _mm512_and_si512(_mm512_slli_epi16::<4>(hb), m30),
+            );
+            q[2 * h + 1] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                _mm512_and_si512(hb, m30),
+            );
+        }
+        q
+    }
+
+    /// q5_K codes (unsigned, element order) of one block.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn codes_q5_k(b: &BlockQ5K) -> [__m512i; 4] {
+        let mut q = nibbles_k4(&b.qs);
+        let qh = load256(&b.qh);
+        let hb = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<1>(qh));
+        let m10 = _mm512_set1_epi8(0x10);
+        let bits = [
+            _mm512_slli_epi16::<4>(hb),
+            _mm512_slli_epi16::<2>(hb),
+            hb,
+            _mm512_srli_epi16::<2>(hb),
+        ];
+        for j in 0..4 {
+            q[j] = _mm512_or_si512(q[j], _mm512_and_si512(bits[j], m10));
+        }
+        q
+    }
+
+    /// q3_K codes (unsigned: the `- 4` not applied, element order) of one block.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn codes_q3_k(b: &BlockQ3K) -> [__m512i; 4] {
+        let m4 = _mm512_set1_epi8(4);
+        let hm = load256(&b.hmask);
+        let hb = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hm), _mm256_srli_epi16::<1>(hm));
+        let (a0, b0) = crumbs(load256(&b.qs[..32]));
+        let (a1, b1) = crumbs(load256(&b.qs[32..]));
+        let bits = [
+            _mm512_slli_epi16::<2>(hb),
+            hb,
+            _mm512_srli_epi16::<2>(hb),
+            _mm512_srli_epi16::<4>(hb),
+        ];
+        let mut q = [a0, b0, a1, b1];
+        for k in 0..4 {
+            q[k] = _mm512_or_si512(q[k], _mm512_and_si512(bits[k], m4));
+        }
+        q
+    }
+
+    /// q2_K codes (element order) of one block.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn codes_q2_k(b: &BlockQ2K) -> [__m512i; 4] {
+        let (a0, b0) = crumbs(load256(&b.qs[..32]));
+        let (a1, b1) = crumbs(load256(&b.qs[32..]));
+        [a0, b0, a1, b1]
+    }
+
+    unpack_fn!(
+        unpack_q2_k,
+        BlockQ2K,
+        kq_generic::meta_q2_k,
+        |b| codes_q2_k(b)
+    );
+    unpack_fn!(
+        unpack_q3_k,
+        BlockQ3K,
+        kq_generic::meta_q3_k,
+        |b| codes_q3_k(b)
+    );
+    unpack_fn!(
+        unpack_q4_k,
+        BlockQ4K,
+        kq_generic::meta_q4_k,
+        |b| nibbles_k4(&b.qs)
+    );
+    unpack_fn!(
+        unpack_q5_k,
+        BlockQ5K,
+        kq_generic::meta_q5_k,
+        |b| codes_q5_k(b)
+    );
+    unpack_fn!(
+        unpack_q6_k,
+        BlockQ6K,
+        kq_generic::meta_q6_k,
+        |b| codes_q6_k(b)
+    );
 }
