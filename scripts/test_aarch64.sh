@@ -85,7 +85,8 @@ PACKAGES=(-p qwen-rs -p quant-formats -p qwen-convert)
 echo "   built in $((SECONDS - start)) s" >&2
 
 echo "== aarch64: tests under qemu-aarch64 -cpu $CPU" >&2
-"${CARGO[@]}" "${PACKAGES[@]}" --lib "${QWEN_TESTS[@]}" --test golden --test reference -- --skip cli_
+"${CARGO[@]}" --no-fail-fast "${PACKAGES[@]}" --lib "${QWEN_TESTS[@]}" --test golden --test reference \
+    -- --skip cli_
 
 # The proof that the level-walking tests ran neon (not only scalar).
 levels_line() {
