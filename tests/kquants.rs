@@ -789,6 +789,27 @@ fn gemm_case<B: KBlock>(seed: u64) {
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&o), bits(&out), "{name} {level} nb={nb} tn={tn}");
             }
+            // Two token blocks in one call (a full one, then this one): each block as
+            // the one-block twin gives it, bit for bit.
+            let (_, first) = gemm_block(&mut rng, nb, KQ_GEMM_TOKENS);
+            let mut want2 = vec![f32::NAN; 2 * out.len()];
+            (twin.gemm)(&want.rows(), &first, &mut want2[..out.len()]);
+            want2[out.len()..].copy_from_slice(&out);
+            let pair: Vec<ActKGemm> = first.iter().chain(&gx).copied().collect();
+            let mut all = vec![("scalar", &kq_generic::GEMM)];
+            all.extend(gemm_levels());
+            for (level, g) in all {
+                let mut u = Unpacked::new(KQ_GEMM_ROWS * nb);
+                (B::gemm(g).unpack)(&w, &mut u.rows());
+                let mut o = vec![f32::NAN; want2.len()];
+                (B::gemm(g).gemm)(&u.rows(), &pair, &mut o);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&o),
+                    bits(&want2),
+                    "{name} {level} nb={nb} tn={tn}: 2 blocks"
+                );
+            }
         }
     }
     // Unit scales, small activation codes: every float step is exact, so the GEMM
@@ -940,7 +961,7 @@ fn gemm_matmul_matches_naive_loop() {
             let w = QMatrix::new("test", dtype, rows, cols, bytes).unwrap();
             let mut wf = vec![0f32; rows * cols];
             dequantize(dtype, bytes, &mut wf).unwrap();
-            for n_tok in [16usize, 17, 31, 40] {
+            for n_tok in [16usize, 17, 31, 40, 50] {
                 let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
                 let mut want = vec![(0.0f64, 0.0f64); n_tok * rows];
                 for t in 0..n_tok {

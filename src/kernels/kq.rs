@@ -204,12 +204,16 @@ impl KGemmRows<'_> {
 /// Unpacks super-blocks `w` ([n]) into `rows` (which holds exactly n blocks).
 pub type KUnpackFn<W> = fn(w: &[W], rows: &mut KGemmRows);
 
-/// GEMM of [`KQ_GEMM_ROWS`] unpacked rows (`nb` super-blocks each) against one token
-/// block `x` ([nb] of [`ActKGemm`]): `out[t * 4 + r]` ([16, 4]) = the sum over
-/// super-blocks b, in order, of `fma(f32(isum + [msum]), d * dx, acc)` then, for q2_K /
-/// q4_K / q5_K, `fma(f32(msum), dmin * dx, acc)` (see [`KGemmRows`]), with exact
-/// integer sums. The scalar twin is `kq_generic::GEMM`; SIMD levels equal it bit for
-/// bit. (Only the float order differs from the tiles'.)
+/// Most token blocks one [`KGemmFn`] call takes.
+pub const MAX_KQ_GEMM_BLOCKS_PER_CALL: usize = 2;
+
+/// GEMM of [`KQ_GEMM_ROWS`] unpacked rows `w` (`nb` super-blocks each) against `n` = 1
+/// or 2 token blocks `x` ([n, nb] of [`ActKGemm`]): `out[(j * 16 + t) * 4 + r]` ([n *
+/// 16, 4]) = the sum over super-blocks b, in order, of (q2_K / q4_K / q5_K first
+/// `acc = fma(f32(msum), dmin * dx, acc)`, then) `acc = fma(f32(isum + [msum]), d * dx,
+/// acc)` (see [`KGemmRows`]), with exact integer sums. The scalar twin is
+/// `kq_generic::GEMM`; SIMD levels equal it bit for bit. (Only the float order differs
+/// from the tiles'.)
 pub type KGemmFn = fn(w: &KGemmRows, x: &[ActKGemm], out: &mut [f32]);
 
 /// The unpacker and GEMM of one K type.
@@ -222,6 +226,9 @@ pub struct KGemmType<W: 'static> {
 /// One level's K GEMM kernels.
 #[derive(Debug)]
 pub struct KqGemm {
+    /// Hints bytes into the cache (the next row group's weights, a part before each
+    /// GEMM call, so the prefetches spread over the GEMM's time); no effect on results.
+    pub prefetch: fn(bytes: &[u8]),
     pub q2_k: KGemmType<BlockQ2K>,
     pub q3_k: KGemmType<BlockQ3K>,
     pub q4_k: KGemmType<BlockQ4K>,
@@ -238,14 +245,22 @@ pub fn gemm_table(level: &str) -> Option<&'static KqGemm> {
     }
 }
 
-/// Panics (a bug) unless `w` holds `KQ_GEMM_ROWS * nb` blocks and `out` 16 x 4 values.
-pub fn kgemm_shape(w: &KGemmRows, nb: usize, out: usize) {
-    w.check(KQ_GEMM_ROWS * nb);
-    assert_eq!(
-        out,
-        KQ_GEMM_ROWS * KQ_GEMM_TOKENS,
-        "kq gemm: output of {out} values"
+/// The `nb` and token-block count of a [`KGemmFn`] call. Panics (a bug) unless `w`
+/// holds `KQ_GEMM_ROWS * nb` blocks, `x` 1 or 2 token blocks of nb and `out` their 16 x
+/// 4 values each.
+pub fn kgemm_shape(w: &KGemmRows, x: usize, out: usize) -> (usize, usize) {
+    let nb = w.blocks() / KQ_GEMM_ROWS;
+    let n = out / (KQ_GEMM_ROWS * KQ_GEMM_TOKENS);
+    assert!(
+        nb > 0
+            && (1..=MAX_KQ_GEMM_BLOCKS_PER_CALL).contains(&n)
+            && x == n * nb
+            && out == n * KQ_GEMM_ROWS * KQ_GEMM_TOKENS,
+        "kq gemm: {} unpacked blocks, {x} activation blocks, output of {out} values",
+        w.blocks()
     );
+    w.check(KQ_GEMM_ROWS * nb);
+    (nb, n)
 }
 
 impl KqKernels {
@@ -455,23 +470,33 @@ pub fn matmul_multi_with(
                 let o = &mut out;
                 match (w.dtype, gemm) {
                     (GgmlType::Q2K, g) => {
-                        let r = g.map_or(0, |g| gemm_rows(&g.q2_k, cast(w), nb, gx, nt, o));
+                        let r = g.map_or(0, |g| {
+                            gemm_rows(&g.q2_k, g.prefetch, cast(w), nb, gx, nt, o)
+                        });
                         chunk_rows(k.q2_k, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (GgmlType::Q3K, g) => {
-                        let r = g.map_or(0, |g| gemm_rows(&g.q3_k, cast(w), nb, gx, nt, o));
+                        let r = g.map_or(0, |g| {
+                            gemm_rows(&g.q3_k, g.prefetch, cast(w), nb, gx, nt, o)
+                        });
                         chunk_rows(k.q3_k, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (GgmlType::Q4K, g) => {
-                        let r = g.map_or(0, |g| gemm_rows(&g.q4_k, cast(w), nb, gx, nt, o));
+                        let r = g.map_or(0, |g| {
+                            gemm_rows(&g.q4_k, g.prefetch, cast(w), nb, gx, nt, o)
+                        });
                         chunk_rows(k.q4_k, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (GgmlType::Q5K, g) => {
-                        let r = g.map_or(0, |g| gemm_rows(&g.q5_k, cast(w), nb, gx, nt, o));
+                        let r = g.map_or(0, |g| {
+                            gemm_rows(&g.q5_k, g.prefetch, cast(w), nb, gx, nt, o)
+                        });
                         chunk_rows(k.q5_k, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (GgmlType::Q6K, g) => {
-                        let r = g.map_or(0, |g| gemm_rows(&g.q6_k, cast(w), nb, gx, nt, o));
+                        let r = g.map_or(0, |g| {
+                            gemm_rows(&g.q6_k, g.prefetch, cast(w), nb, gx, nt, o)
+                        });
                         chunk_rows(k.q6_k, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (other, _) => panic!("kq matmul: type {other} is not a K-quant type"),
@@ -490,8 +515,9 @@ fn cast<'a, T: bytemuck::Pod>(w: &QMatrix<'a>) -> &'a [T] {
 /// unpacked once (on the stack) and run against every token block of `gx` ([nt / 16
 /// rounded up, nb]). Returns the first row it did not do (the last rows of a chunk
 /// that is not a multiple of 4 go to the tiles).
-fn gemm_rows<W>(
+fn gemm_rows<W: bytemuck::Pod>(
     g: &KGemmType<W>,
+    prefetch: fn(&[u8]),
     w: &[W],
     nb: usize,
     gx: &[ActKGemm],
@@ -513,19 +539,30 @@ fn gemm_rows<W>(
         d: &mut d[..n],
         dmin: &mut dmin[..n],
     };
-    let mut buf = [0.0f32; KQ_GEMM_ROWS * KQ_GEMM_TOKENS];
+    const PER_CALL: usize = MAX_KQ_GEMM_BLOCKS_PER_CALL;
+    let mut buf = [0.0f32; PER_CALL * KQ_GEMM_ROWS * KQ_GEMM_TOKENS];
     let mut r = range.start;
     while r + KQ_GEMM_ROWS <= range.end {
         (g.unpack)(&w[r * nb..(r + KQ_GEMM_ROWS) * nb], &mut rows);
-        for (tb, xb) in gx.chunks_exact(nb).enumerate() {
-            (g.gemm)(&rows, xb, &mut buf);
-            let tn = KQ_GEMM_TOKENS.min(nt - tb * KQ_GEMM_TOKENS);
-            out.write_tile(
-                r,
-                KQ_GEMM_ROWS,
-                tb * KQ_GEMM_TOKENS,
-                &buf[..tn * KQ_GEMM_ROWS],
+        // The next group's weights are cold (read once per round): prefetch them a
+        // part per call, not all at once (that stalls on the line fill buffers).
+        let next: &[u8] = if r + 2 * KQ_GEMM_ROWS <= range.end {
+            bytemuck::cast_slice(&w[(r + KQ_GEMM_ROWS) * nb..(r + 2 * KQ_GEMM_ROWS) * nb])
+        } else {
+            &[]
+        };
+        let calls = gx.len().div_ceil(PER_CALL * nb);
+        let part = next.len().div_ceil(calls).next_multiple_of(64);
+        for (call, xb) in gx.chunks(PER_CALL * nb).enumerate() {
+            (prefetch)(
+                next.get(call * part..)
+                    .map_or(&[], |b| &b[..part.min(b.len())]),
             );
+            let t0 = call * PER_CALL * KQ_GEMM_TOKENS;
+            let o = &mut buf[..xb.len() / nb * KQ_GEMM_ROWS * KQ_GEMM_TOKENS];
+            (g.gemm)(&rows, xb, o);
+            let tn = (nt - t0).min(o.len() / KQ_GEMM_ROWS);
+            out.write_tile(r, KQ_GEMM_ROWS, t0, &o[..tn * KQ_GEMM_ROWS]);
         }
         r += KQ_GEMM_ROWS;
     }

@@ -306,6 +306,7 @@ kq_tile!(tile_q6_k, vec_dot_q6_k, BlockQ6K);
 
 /// The scalar K GEMM table: the spec the SIMD GEMMs are tested against.
 pub static GEMM: KqGemm = KqGemm {
+    prefetch: |_| {},
     q2_k: KGemmType {
         unpack: unpack_q2_k,
         gemm: gemm_sep::<false>,
@@ -335,7 +336,7 @@ pub fn unpack_with<W>(
     w: &[W],
     rows: &mut KGemmRows,
     codes: Option<fn(&W, &mut [u8; QK_K])>,
-    meta: fn(&W, &mut [i32; 16], &mut [i32; 8]) -> (f32, f32),
+    meta: impl Fn(&W, &mut [i32; 16], &mut [i32; 8]) -> (f32, f32),
 ) {
     rows.check(w.len());
     for (i, b) in w.iter().enumerate() {
@@ -355,6 +356,7 @@ pub fn unpack_with<W>(
 
 /// q4_K / q5_K scales and mins: each 6-bit scale for its two 16s, the mins as pairs
 /// (against `bs32`); (d, -dmin).
+#[inline]
 fn meta_k4(s: &[u8; 12], d: f16, dmin: f16, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
     let (s8, m8) = scales_mins_k4(s);
     for (j, v) in sc.iter_mut().enumerate() {
@@ -371,16 +373,19 @@ fn meta_k4(s: &[u8; 12], d: f16, dmin: f16, sc: &mut [i32; 16], mw: &mut [i32; 8
 }
 
 /// q4_K: scales, mins and (d, -dmin) for the GEMM.
+#[inline]
 pub fn meta_q4_k(b: &BlockQ4K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
     meta_k4(&b.scales, b.d, b.dmin, sc, mw)
 }
 
 /// q5_K: as q4_K.
+#[inline]
 pub fn meta_q5_k(b: &BlockQ5K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
     meta_k4(&b.scales, b.d, b.dmin, sc, mw)
 }
 
 /// q6_K: scales sign-extended, the `- 32` as `-32 * scale` pairs (against `bs16`); (d, 0).
+#[inline]
 pub fn meta_q6_k(b: &BlockQ6K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
     for (v, &s) in sc.iter_mut().zip(&b.scales) {
         *v = s as i32;
@@ -393,6 +398,7 @@ pub fn meta_q6_k(b: &BlockQ6K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f
 }
 
 /// q3_K: scales in the low i16, the `- 4` as `-4 * scale` pairs (against `bs16`); (d, 0).
+#[inline]
 pub fn meta_q3_k(b: &BlockQ3K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
     let s = scales_q3_k(&b.scales);
     for (v, &s) in sc.iter_mut().zip(&s) {
@@ -405,6 +411,7 @@ pub fn meta_q3_k(b: &BlockQ3K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f
 }
 
 /// q2_K: 4-bit scales, the 4-bit mins as pairs (against `bs16`); (d, -dmin).
+#[inline]
 pub fn meta_q2_k(b: &BlockQ2K, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
     for (v, &s) in sc.iter_mut().zip(&b.scales) {
         *v = (s & 0x0F) as i32;
@@ -491,50 +498,41 @@ fn kgemm_ints<const BS32: bool>(w: &KGemmRows, i: usize, xb: &ActKGemm, t: usize
     (isum, msum)
 }
 
-/// Writes `f[r][t]` ([4, 16]) to `out[t * 4 + r]` ([16, 4]).
-#[inline]
-fn kgemm_store(f: &[[f32; KQ_GEMM_TOKENS]; KQ_GEMM_ROWS], out: &mut [f32]) {
-    for t in 0..KQ_GEMM_TOKENS {
-        for r in 0..KQ_GEMM_ROWS {
-            out[t * KQ_GEMM_ROWS + r] = f[r][t];
-        }
-    }
-}
-
-/// K GEMM for q2_K / q4_K / q5_K: `acc = fma(f32(isum), d * dx, acc)`, then
-/// `acc = fma(f32(msum), dmin * dx, acc)` per super-block (mins against `bs32` when
-/// `BS32`).
+/// K GEMM for q2_K / q4_K / q5_K: per super-block `acc = fma(f32(msum), dmin * dx,
+/// acc)` then `acc = fma(f32(isum), d * dx, acc)` (mins against `bs32` when `BS32`).
 fn gemm_sep<const BS32: bool>(w: &KGemmRows, x: &[ActKGemm], out: &mut [f32]) {
-    let nb = x.len();
-    kgemm_shape(w, nb, out.len());
-    let mut f = [[0.0f32; KQ_GEMM_TOKENS]; KQ_GEMM_ROWS];
-    for (r, fr) in f.iter_mut().enumerate() {
-        for (b, xb) in x.iter().enumerate() {
-            let i = r * nb + b;
-            for (t, acc) in fr.iter_mut().enumerate() {
-                let (isum, msum) = kgemm_ints::<BS32>(w, i, xb, t);
-                *acc = (isum as f32).mul_add(w.d[i] * xb.d[t], *acc);
-                *acc = (msum as f32).mul_add(w.dmin[i] * xb.d[t], *acc);
+    let (nb, n) = kgemm_shape(w, x.len(), out.len());
+    for j in 0..n {
+        for r in 0..KQ_GEMM_ROWS {
+            for t in 0..KQ_GEMM_TOKENS {
+                let mut acc = 0.0f32;
+                for b in 0..nb {
+                    let (i, xb) = (r * nb + b, &x[j * nb + b]);
+                    let (isum, msum) = kgemm_ints::<BS32>(w, i, xb, t);
+                    acc = (msum as f32).mul_add(w.dmin[i] * xb.d[t], acc);
+                    acc = (isum as f32).mul_add(w.d[i] * xb.d[t], acc);
+                }
+                out[(j * KQ_GEMM_TOKENS + t) * KQ_GEMM_ROWS + r] = acc;
             }
         }
     }
-    kgemm_store(&f, out);
 }
 
 /// K GEMM for q3_K / q6_K: `acc = fma(f32(isum + msum), d * dx, acc)` per super-block
 /// (the offsets against `bs16`).
 fn gemm_joint(w: &KGemmRows, x: &[ActKGemm], out: &mut [f32]) {
-    let nb = x.len();
-    kgemm_shape(w, nb, out.len());
-    let mut f = [[0.0f32; KQ_GEMM_TOKENS]; KQ_GEMM_ROWS];
-    for (r, fr) in f.iter_mut().enumerate() {
-        for (b, xb) in x.iter().enumerate() {
-            let i = r * nb + b;
-            for (t, acc) in fr.iter_mut().enumerate() {
-                let (isum, msum) = kgemm_ints::<false>(w, i, xb, t);
-                *acc = ((isum + msum) as f32).mul_add(w.d[i] * xb.d[t], *acc);
+    let (nb, n) = kgemm_shape(w, x.len(), out.len());
+    for j in 0..n {
+        for r in 0..KQ_GEMM_ROWS {
+            for t in 0..KQ_GEMM_TOKENS {
+                let mut acc = 0.0f32;
+                for b in 0..nb {
+                    let (i, xb) = (r * nb + b, &x[j * nb + b]);
+                    let (isum, msum) = kgemm_ints::<false>(w, i, xb, t);
+                    acc = ((isum + msum) as f32).mul_add(w.d[i] * xb.d[t], acc);
+                }
+                out[(j * KQ_GEMM_TOKENS + t) * KQ_GEMM_ROWS + r] = acc;
             }
         }
     }
-    kgemm_store(&f, out);
 }

@@ -51,6 +51,7 @@ pub(super) fn gemm_avx512() -> Option<&'static KqGemm> {
 }
 
 static GEMM_AVX512: KqGemm = KqGemm {
+    prefetch: avx512_impl::prefetch,
     q2_k: KGemmType {
         unpack: avx512_impl::unpack_q2_k,
         gemm: avx512_impl::gemm_q2_k,
@@ -757,92 +758,134 @@ mod avx512_impl {
     // The block sums are weighted by `mw` with `vpdpwssd` (both i16 pairs). A
     // super-block's isum is below 2^29 in magnitude, so every integer is exact.
 
-    /// The K GEMM. `G`: chunks per partial sum; `MUL`: scale by `vpmulld`; `BS32`: the
-    /// `mw` pairs go against `bs32` (4 words) instead of `bs16` (8); `SEP`: the block
-    /// sums have their own float scale (`dmin`) instead of joining isum.
+    /// The K GEMM over `NT` token blocks (1 or 2: 4 rows x 32 tokens share each
+    /// broadcast weight word). `G`: chunks per partial sum; `MUL`: scale by `vpmulld`;
+    /// `BS32`: the `mw` pairs go against `bs32` (4 words) instead of `bs16` (8); `SEP`:
+    /// the block sums have their own float scale (`dmin`) instead of joining isum.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn kgemm_t<const G: usize, const MUL: bool, const BS32: bool, const SEP: bool>(
+    fn kgemm_t<
+        const NT: usize,
+        const G: usize,
+        const MUL: bool,
+        const BS32: bool,
+        const SEP: bool,
+    >(
         w: &KGemmRows,
         x: &[ActKGemm],
         out: &mut [f32],
     ) {
         const R: usize = KQ_GEMM_ROWS;
-        let nb = x.len();
-        kgemm_shape(w, nb, out.len());
+        let (nb, n) = kgemm_shape(w, x.len(), out.len());
+        assert_eq!(n, NT);
         let z = _mm512_setzero_si512();
-        let mut f = [_mm512_setzero_ps(); R];
-        for (b, xb) in x.iter().enumerate() {
-            let mut isum = [z; R];
-            let mut msum = [z; R];
+        let mut f = [[_mm512_setzero_ps(); R]; NT];
+        for b in 0..nb {
+            let mut xb = [&x[b]; NT];
+            for (j, v) in xb.iter_mut().enumerate() {
+                *v = &x[j * nb + b];
+            }
+            let mut dx = [_mm512_setzero_ps(); NT];
+            for j in 0..NT {
+                // SAFETY: d is 64 bytes at a 64-byte aligned offset of an ActKGemm.
+                dx[j] = unsafe { _mm512_load_ps(xb[j].d.as_ptr()) };
+            }
+            let mut isum = [[z; R]; NT];
             for k in 0..if BS32 { 4 } else { 8 } {
-                let bs = if BS32 {
-                    load512(&xb.bs32[k])
-                } else {
-                    load512(&xb.bs16[k])
-                };
-                for r in 0..R {
-                    let m = _mm512_set1_epi32(w.mw[(r * nb + b) * 8 + k]);
-                    if SEP {
-                        msum[r] = _mm512_dpwssd_epi32(msum[r], bs, m);
+                for j in 0..NT {
+                    let bs = if BS32 {
+                        load512(&xb[j].bs32[k])
                     } else {
-                        isum[r] = _mm512_dpwssd_epi32(isum[r], bs, m);
-                    }
-                }
-            }
-            let q: [&[u8]; R] = std::array::from_fn(|r| &w.q[(r * nb + b) * 256..][..256]);
-            let sc: [&[i32]; R] = std::array::from_fn(|r| &w.sc[(r * nb + b) * 16..][..16]);
-            for g in 0..64 / G {
-                let mut part = [z; R];
-                for c in g * G..(g + 1) * G {
-                    // SAFETY: q[c] is 64 bytes at a 64-byte aligned offset of an ActKGemm.
-                    let xv = unsafe { _mm512_load_si512(xb.q[c].as_ptr().cast()) };
-                    for r in 0..R {
-                        let qr = &q[r][4 * c..4 * c + 4];
-                        let cw = i32::from_le_bytes([qr[0], qr[1], qr[2], qr[3]]);
-                        part[r] = _mm512_dpbusd_epi32(part[r], _mm512_set1_epi32(cw), xv);
-                    }
-                }
-                for r in 0..R {
-                    let s = _mm512_set1_epi32(sc[r][g * G / 4]);
-                    isum[r] = if MUL {
-                        _mm512_add_epi32(isum[r], _mm512_mullo_epi32(part[r], s))
-                    } else {
-                        _mm512_dpwssd_epi32(isum[r], part[r], s)
+                        load512(&xb[j].bs16[k])
                     };
+                    for r in 0..R {
+                        let m = _mm512_set1_epi32(w.mw[(r * nb + b) * 8 + k]);
+                        isum[j][r] = _mm512_dpwssd_epi32(isum[j][r], bs, m);
+                    }
                 }
             }
-            // SAFETY: d is 64 bytes at a 64-byte aligned offset of an ActKGemm.
-            let dx = unsafe { _mm512_load_ps(xb.d.as_ptr()) };
-            for r in 0..R {
-                let i = r * nb + b;
-                let d = _mm512_mul_ps(_mm512_set1_ps(w.d[i]), dx);
-                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), d, f[r]);
-                if SEP {
-                    let dm = _mm512_mul_ps(_mm512_set1_ps(w.dmin[i]), dx);
-                    f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum[r]), dm, f[r]);
+            if SEP {
+                // The block sums have their own scale: into f now, isum restarts.
+                for j in 0..NT {
+                    for r in 0..R {
+                        let dm = _mm512_mul_ps(_mm512_set1_ps(w.dmin[r * nb + b]), dx[j]);
+                        f[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j][r]), dm, f[j][r]);
+                        isum[j][r] = z;
+                    }
+                }
+            }
+            for g in 0..64 / G {
+                let mut part = [[z; R]; NT];
+                for c in g * G..(g + 1) * G {
+                    let mut xv = [z; NT];
+                    for j in 0..NT {
+                        // SAFETY: q[c] is 64 bytes at a 64-byte aligned offset of an
+                        // ActKGemm.
+                        xv[j] = unsafe { _mm512_load_si512(xb[j].q[c].as_ptr().cast()) };
+                    }
+                    for r in 0..R {
+                        // SAFETY: r < 4, b < nb, c < 64: the 4 bytes at (r * nb + b) * 256
+                        // + 4c are inside q (len 4 * nb * 256, checked by kgemm_shape).
+                        let cw = unsafe {
+                            w.q.as_ptr()
+                                .add((r * nb + b) * 256 + 4 * c)
+                                .cast::<i32>()
+                                .read_unaligned()
+                        };
+                        let cw = _mm512_set1_epi32(cw);
+                        for j in 0..NT {
+                            part[j][r] = _mm512_dpbusd_epi32(part[j][r], cw, xv[j]);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    // SAFETY: (r * nb + b) * 16 + g * G / 4 < 4 * nb * 16 = sc.len()
+                    // (checked by kgemm_shape).
+                    let s = unsafe { *w.sc.as_ptr().add((r * nb + b) * 16 + g * G / 4) };
+                    let s = _mm512_set1_epi32(s);
+                    for j in 0..NT {
+                        isum[j][r] = if MUL {
+                            _mm512_add_epi32(isum[j][r], _mm512_mullo_epi32(part[j][r], s))
+                        } else {
+                            _mm512_dpwssd_epi32(isum[j][r], part[j][r], s)
+                        };
+                    }
+                }
+            }
+            for j in 0..NT {
+                for r in 0..R {
+                    let d = _mm512_mul_ps(_mm512_set1_ps(w.d[r * nb + b]), dx[j]);
+                    f[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j][r]), d, f[j][r]);
                 }
             }
         }
-        let mut t = [[0.0f32; KQ_GEMM_TOKENS]; R];
-        for (r, fr) in f.iter().enumerate() {
-            // SAFETY: t[r] is 16 writable f32; storeu has no alignment need.
-            unsafe { _mm512_storeu_ps(t[r].as_mut_ptr(), *fr) };
-        }
-        for tok in 0..KQ_GEMM_TOKENS {
-            for r in 0..R {
-                out[tok * R + r] = t[r][tok];
+        for j in 0..NT {
+            let mut t = [[0.0f32; KQ_GEMM_TOKENS]; R];
+            for (r, fr) in f[j].iter().enumerate() {
+                // SAFETY: t[r] is 16 writable f32; storeu has no alignment need.
+                unsafe { _mm512_storeu_ps(t[r].as_mut_ptr(), *fr) };
+            }
+            for tok in 0..KQ_GEMM_TOKENS {
+                for r in 0..R {
+                    out[(j * KQ_GEMM_TOKENS + tok) * R + r] = t[r][tok];
+                }
             }
         }
     }
 
-    /// Safe entry over `kgemm_t::<…>`.
+    /// Safe entry over `kgemm_t::<NT, …>`, NT from the output length.
     macro_rules! wrap_gemm {
         ($name:ident, $g:literal, $mul:literal, $bs32:literal, $sep:literal) => {
             pub(super) fn $name(w: &KGemmRows, x: &[ActKGemm], out: &mut [f32]) {
                 // SAFETY: only reachable through the table `gemm_avx512()` returns after
                 // `avx512()` checked every feature kgemm_t is compiled with; shapes are
                 // checked inside.
-                unsafe { kgemm_t::<$g, $mul, $bs32, $sep>(w, x, out) }
+                unsafe {
+                    if out.len() > KQ_GEMM_ROWS * KQ_GEMM_TOKENS {
+                        kgemm_t::<2, $g, $mul, $bs32, $sep>(w, x, out)
+                    } else {
+                        kgemm_t::<1, $g, $mul, $bs32, $sep>(w, x, out)
+                    }
+                }
             }
         };
     }
@@ -868,18 +911,20 @@ mod avx512_impl {
     /// Shared unpack loop: codes by SIMD (`$codes` gives the 4 vectors of a block),
     /// scales, pair weights, d and dmin by the scalar twin's `$meta`.
     macro_rules! unpack_fn {
-        ($name:ident, $w:ty, $meta:path, |$b:ident| $codes:expr) => {
+        ($name:ident, $inner:ident, $w:ty, $meta:path, |$b:ident| $codes:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            fn $inner(w: &[$w], q: &mut [u8]) {
+                assert_eq!(q.len(), 256 * w.len());
+                for ($b, qi) in w.iter().zip(q.chunks_exact_mut(256)) {
+                    store_codes(qi, &$codes);
+                }
+            }
+
             pub(super) fn $name(w: &[$w], rows: &mut KGemmRows) {
                 kq_generic::unpack_with(w, rows, None, $meta);
-                for (i, $b) in w.iter().enumerate() {
-                    // SAFETY: only reachable through the table `gemm_avx512()` returns
-                    // after `avx512()` checked every feature these helpers use; the
-                    // length of rows.q was checked by unpack_with (and store_codes).
-                    unsafe {
-                        let v = $codes;
-                        store_codes(&mut rows.q[256 * i..256 * i + 256], &v)
-                    };
-                }
+                // SAFETY: only reachable through the table `gemm_avx512()` returns after
+                // `avx512()` checked every feature `$inner` is compiled with.
+                unsafe { $inner(w, rows.q) };
             }
         };
     }
@@ -961,32 +1006,53 @@ mod avx512_impl {
 
     unpack_fn!(
         unpack_q2_k,
+        codes_q2_k_all,
         BlockQ2K,
         kq_generic::meta_q2_k,
         |b| codes_q2_k(b)
     );
     unpack_fn!(
         unpack_q3_k,
+        codes_q3_k_all,
         BlockQ3K,
         kq_generic::meta_q3_k,
         |b| codes_q3_k(b)
     );
     unpack_fn!(
         unpack_q4_k,
+        codes_q4_k_all,
         BlockQ4K,
         kq_generic::meta_q4_k,
         |b| nibbles_k4(&b.qs)
     );
     unpack_fn!(
         unpack_q5_k,
+        codes_q5_k_all,
         BlockQ5K,
         kq_generic::meta_q5_k,
         |b| codes_q5_k(b)
     );
     unpack_fn!(
         unpack_q6_k,
+        codes_q6_k_all,
         BlockQ6K,
         kq_generic::meta_q6_k,
         |b| codes_q6_k(b)
     );
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn prefetch_t(bytes: &[u8]) {
+        let mut off = 0;
+        while off < bytes.len() {
+            _mm_prefetch::<_MM_HINT_T0>(bytes[off..].as_ptr().cast());
+            off += 64;
+        }
+    }
+
+    /// Hints `bytes` into the cache, one prefetch per 64 bytes.
+    pub(super) fn prefetch(bytes: &[u8]) {
+        // SAFETY: only reachable through the table `gemm_avx512()` returns after
+        // `avx512()` checked every feature prefetch_t is compiled with.
+        unsafe { prefetch_t(bytes) }
+    }
 }
