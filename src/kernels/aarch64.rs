@@ -3,12 +3,15 @@
 //! One q8 block per step: the weight block's 32 codes as two 16-byte registers
 //! (elements 0..16 and 16..32, the halves [`ActQ8x4`] stores side by side), two
 //! `sdot`s into an i32x4, then `acc += f32(sum) * (d_w * d_x)` as ggml's NEON code.
+//! Quantized tiles of four rows unpack each row's block once and load each token's
+//! activations once for all four rows (as x86.rs's AVX-512 group tiles); other row
+//! counts go row by row through the same code with one row, bit for bit alike.
 //! `vdotq_s32` is still unstable in Rust, so `sdot` is one instruction of inline asm.
 //! The activation quantizer is the scalar twin (it is not the bottleneck).
 //!
-//! Compiled and type-checked for aarch64 in CI (`cargo check --target
-//! aarch64-unknown-linux-gnu`); see tests/kernels.rs for the run-time checks, which
-//! cover this level wherever it runs.
+//! Run in CI under qemu-aarch64 by scripts/test_aarch64.sh: tests/kernels.rs holds
+//! every tile shape against the scalar twin there, and the forward logits against
+//! transformers'.
 
 use super::{act_groups, generic, ActQ8x4, Kernels};
 use core::arch::aarch64::*;
@@ -112,64 +115,92 @@ fn s8(v: uint8x16_t, minus: i8) -> int8x16_t {
     unsafe { vsubq_s8(vreinterpretq_s8_u8(v), vdupq_n_s8(minus)) }
 }
 
-/// Tile over signed codes `$codes(block) -> (lo, hi)` and scale `(d_w d_x)` per block;
-/// `$m`: add `m * s` (q4_1, q5_1).
+/// `$f::<R, NT>(args)` for the token count `nt` in 1..=4.
+macro_rules! by_nt {
+    ($nt:expr, $f:ident::<$r:literal>($($a:expr),*)) => {
+        match $nt {
+            1 => $f::<$r, 1>($($a),*),
+            2 => $f::<$r, 2>($($a),*),
+            3 => $f::<$r, 3>($($a),*),
+            _ => $f::<$r, 4>($($a),*),
+        }
+    };
+}
+
+/// Tile of `R` weight rows x `NT` tokens over signed codes `$codes(block) -> (lo, hi)`.
+/// Per block: each row's codes are unpacked once and each token's activations loaded
+/// once (so one activation load feeds R rows), then R x NT `sdot` pairs and
+/// `acc += f32(sum) * (d_w d_x)` per (row, token), as ggml's NEON code; `$m`: add
+/// `m * s` (q4_1, q5_1), summed apart as ggml does. `w`: [R, nb], `x`: [NT, act_groups(nb)],
+/// `out[t * R + r]`. Each (row, token) goes through the same operations in the same
+/// order whatever R and NT are, so a result does not depend on the tile shape.
 macro_rules! q_tile {
     ($inner:ident, $name:ident, $w:ty, $codes:expr, m = $m:tt) => {
         #[target_feature(enable = "neon,dotprod,fp16")]
-        fn $inner<const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
-            let ng = act_groups(w.len());
-            let mut acc = [vdupq_n_f32(0.0); NT];
+        fn $inner<const R: usize, const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
+            let nb = w.len() / R;
+            let ng = act_groups(nb);
+            assert!(w.len() == R * nb && x.len() == NT * ng && out.len() == R * NT);
+            let mut acc = [[vdupq_n_f32(0.0); NT]; R];
             #[allow(unused_mut)] // only the m-offset types add to it
-            let mut ms = [0.0f32; NT];
-            for (i, wb) in w.iter().enumerate() {
+            let mut ms = [[0.0f32; NT]; R];
+            for i in 0..nb {
                 let (gi, b) = (i / 4, i % 4);
-                let (lo, hi): (int8x16_t, int8x16_t) = $codes(wb);
-                let dw = h2f(wb.d);
-                q_tile!(@m_load $m, wb, mw);
+                let mut q = [(vdupq_n_s8(0), vdupq_n_s8(0)); R];
+                let mut dw = [0.0f32; R];
+                #[allow(unused_mut, unused_variables)] // only read by the m-offset types
+                let mut mw = [0.0f32; R];
+                for r in 0..R {
+                    let wb = &w[r * nb + i];
+                    q[r] = $codes(wb);
+                    dw[r] = h2f(wb.d);
+                    q_tile!(@m_load $m, wb, mw[r]);
+                }
                 for t in 0..NT {
                     let g = &x[t * ng + gi];
                     let (ylo, yhi) = act_halves(g, b);
-                    let p = sdot(sdot(vdupq_n_s32(0), lo, ylo), hi, yhi);
-                    acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(p), dw * g.d[b]);
-                    q_tile!(@m_acc $m, ms[t], mw, g, b);
+                    for r in 0..R {
+                        let p = sdot(sdot(vdupq_n_s32(0), q[r].0, ylo), q[r].1, yhi);
+                        acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(p), dw[r] * g.d[b]);
+                        q_tile!(@m_acc $m, ms[r][t], mw[r], g, b);
+                    }
                 }
             }
             for t in 0..NT {
-                out[t] = vaddvq_f32(acc[t]) + ms[t];
+                for r in 0..R {
+                    out[t * R + r] = vaddvq_f32(acc[r][t]) + ms[r][t];
+                }
             }
         }
 
-        /// Rows one after another through the one-row tile.
+        /// Four rows in one 4-row tile; fewer one after another through the 1-row tile.
         fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
             let (nb, nt) = super::q_tile_shape(w.len(), rows, x.len(), out.len(), 4);
+            if rows == 4 {
+                // SAFETY: only reachable through the table `neon()` returns after checking
+                // NEON, dotprod and fp16 at run time; shapes checked above.
+                unsafe { by_nt!(nt, $inner::<4>(w, x, out)) };
+                return;
+            }
             let mut col = [0.0f32; 4];
             for r in 0..rows {
                 let (wr, o) = (&w[r * nb..(r + 1) * nb], &mut col[..nt]);
-                // SAFETY: only reachable through the table `neon()` returns after checking
-                // NEON, dotprod and fp16 at run time; lengths checked above.
-                unsafe {
-                    match nt {
-                        1 => $inner::<1>(wr, x, o),
-                        2 => $inner::<2>(wr, x, o),
-                        3 => $inner::<3>(wr, x, o),
-                        _ => $inner::<4>(wr, x, o),
-                    }
-                }
+                // SAFETY: as above.
+                unsafe { by_nt!(nt, $inner::<1>(wr, x, o)) };
                 for t in 0..nt {
                     out[t * rows + r] = col[t];
                 }
             }
         }
     };
-    (@m_load yes, $wb:ident, $mw:ident) => {
-        let $mw = h2f($wb.m);
+    (@m_load yes, $wb:ident, $mw:expr) => {
+        $mw = h2f($wb.m);
     };
-    (@m_load no, $wb:ident, $mw:ident) => {};
-    (@m_acc yes, $a:expr, $mw:ident, $g:ident, $b:ident) => {
+    (@m_load no, $wb:ident, $mw:expr) => {};
+    (@m_acc yes, $a:expr, $mw:expr, $g:ident, $b:ident) => {
         $a += $mw * $g.s[$b];
     };
-    (@m_acc no, $a:expr, $mw:ident, $g:ident, $b:ident) => {};
+    (@m_acc no, $a:expr, $mw:expr, $g:ident, $b:ident) => {};
 }
 
 q_tile!(
