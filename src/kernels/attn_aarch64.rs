@@ -5,8 +5,8 @@
 //! exp with the Cephes polynomial of the x86 level; f32 -> f16 rounds to nearest
 //! even (the default FPCR mode), as the scalar twin. Lengths are checked in every
 //! `#[target_feature]` function; the table is only handed out after the CPU
-//! reported NEON and fp16. Compiled for aarch64 in CI
-//! (`cargo check --target aarch64-unknown-linux-gnu`).
+//! reported NEON and fp16. Run in CI under qemu-aarch64 by scripts/test_aarch64.sh
+//! (tests/attention.rs against the scalar twin, forward logits against transformers').
 
 use super::generic::{check_accum, check_scores};
 use super::AttnKernels;

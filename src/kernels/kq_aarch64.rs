@@ -9,9 +9,8 @@
 //! Integer sums are exact (|lane| < 2^29), so each super-block contributes the same
 //! integers as the scalar twin; only the f32 order differs.
 //!
-//! Compiled and type-checked for aarch64 in CI (`cargo check --target
-//! aarch64-unknown-linux-gnu`); tests/kquants.rs checks it against the scalar twin
-//! wherever this level runs (e.g. under qemu-aarch64).
+//! Run in CI under qemu-aarch64 by scripts/test_aarch64.sh: tests/kquants.rs holds it
+//! against the scalar twin there, and the K-quant fixture's logits against transformers'.
 
 use super::aarch64::{h2f, sdot};
 use super::kq::KqKernels;
