@@ -406,6 +406,25 @@ fn convert_tensor(
         w.quant.resize(nb, 0);
         quantize_rows(it.dtype, row_len, &w.values, &mut w.quant)
             .map_err(|e| Error::new(format!("tensor {}: {e}", it.spec.gguf)))?;
+        if let Some(k) = overflowed_element(it.dtype, &w.values, &w.quant) {
+            let advice = match it.dtype {
+                GgmlType::Bf16 => format!(
+                    "overflows bf16 (max {:e}); use -t f32",
+                    half::bf16::MAX.to_f32()
+                ),
+                t => format!(
+                    "overflows the f16 block scale of {t} (max {}); use -t bf16 or -t f32",
+                    half::f16::MAX
+                ),
+            };
+            bail!(
+                "{}: tensor {:?} value {} at element {} {advice}",
+                ck.shard_path(it.src).display(),
+                it.src.name,
+                w.values[k],
+                i + k
+            );
+        }
         if let Some(s) = stats.as_mut() {
             w.check.resize(len, 0.0);
             reference::dequantize(it.dtype, &w.quant, &mut w.check)
@@ -418,6 +437,84 @@ fn convert_tensor(
         progress.advance(len as u64);
     }
     Ok(stats)
+}
+
+/// Byte offsets, inside one block, of the f16 values a quantizer derives from the
+/// block's magnitude: the scale `d`, the min `m` / `dmin` (q4_1, q5_1, K types) and
+/// q8_1's sum `s`. A block too large for f16 (e.g. q4_0 when max |x| > 8 * 65504,
+/// q8_0 when > 127 * 65504) gets an infinite one, which dequantizes to Inf/NaN.
+fn f16_fields(t: GgmlType) -> &'static [usize] {
+    use quant_formats::block::*;
+    use std::mem::offset_of;
+    const Q4_0: &[usize] = &[offset_of!(BlockQ4_0, d)];
+    const Q4_1: &[usize] = &[offset_of!(BlockQ4_1, d), offset_of!(BlockQ4_1, m)];
+    const Q5_0: &[usize] = &[offset_of!(BlockQ5_0, d)];
+    const Q5_1: &[usize] = &[offset_of!(BlockQ5_1, d), offset_of!(BlockQ5_1, m)];
+    const Q8_0: &[usize] = &[offset_of!(BlockQ8_0, d)];
+    const Q8_1: &[usize] = &[offset_of!(BlockQ8_1, d), offset_of!(BlockQ8_1, s)];
+    const Q2K: &[usize] = &[offset_of!(BlockQ2K, d), offset_of!(BlockQ2K, dmin)];
+    const Q3K: &[usize] = &[offset_of!(BlockQ3K, d)];
+    const Q4K: &[usize] = &[offset_of!(BlockQ4K, d), offset_of!(BlockQ4K, dmin)];
+    const Q5K: &[usize] = &[offset_of!(BlockQ5K, d), offset_of!(BlockQ5K, dmin)];
+    const Q6K: &[usize] = &[offset_of!(BlockQ6K, d)];
+    match t {
+        GgmlType::F16 => &[0],
+        GgmlType::Q4_0 => Q4_0,
+        GgmlType::Q4_1 => Q4_1,
+        GgmlType::Q5_0 => Q5_0,
+        GgmlType::Q5_1 => Q5_1,
+        GgmlType::Q8_0 => Q8_0,
+        GgmlType::Q8_1 => Q8_1,
+        GgmlType::Q2K => Q2K,
+        GgmlType::Q3K => Q3K,
+        GgmlType::Q4K => Q4K,
+        GgmlType::Q5K => Q5K,
+        GgmlType::Q6K => Q6K,
+        // f32 holds any finite input; bf16 is checked value by value; the
+        // others are never written.
+        _ => &[],
+    }
+}
+
+/// No block with f16 scales holds a magnitude near 2^30 (the widest, q6_K, reaches
+/// 65504 * 128 * 32 = 2.7e8). Larger values are refused outright: far above that,
+/// the K quantizers' f32 sums of squares overflow and can leave a finite but wrong
+/// scale (q6_K turns a 1e20 into garbage without an Inf).
+const BLOCK_MAX_ABS: f32 = (1u32 << 30) as f32;
+
+/// For a chunk `x` quantized to `q` (type `t`): the element whose block
+/// overflowed (that block's largest |x|), if any.
+fn overflowed_element(t: GgmlType, x: &[f32], q: &[u8]) -> Option<usize> {
+    let bs = t.block_size();
+    let block = match x.iter().position(|v| v.abs() > BLOCK_MAX_ABS) {
+        Some(k) if bs > 1 => k / bs,
+        _ => first_overflowed_block(t, q)?,
+    };
+    let start = block * bs;
+    let vals = x.get(start..start + bs)?;
+    let j = (0..bs).fold(0, |m, k| if vals[k].abs() > vals[m].abs() { k } else { m });
+    Some(start + j)
+}
+
+/// Index of the first block of `bytes` (whole blocks of type `t`) that holds an
+/// Inf/NaN f16 scale, or for bf16 an Inf/NaN value. The source values are
+/// already known to be finite, so such a field is an overflow. Costs one or two
+/// 16-bit loads per block (a per-value load for bf16 / f16), next to nothing
+/// beside the quantizer itself.
+fn first_overflowed_block(t: GgmlType, bytes: &[u8]) -> Option<usize> {
+    // Exponent bits: all ones = Inf or NaN.
+    let (fields, exp): (&[usize], u16) = match t {
+        GgmlType::Bf16 => (&[0], 0x7f80),
+        _ => (f16_fields(t), 0x7c00),
+    };
+    if fields.is_empty() {
+        return None;
+    }
+    bytes.chunks_exact(t.type_size()).position(|b| {
+        fields
+            .iter()
+            .any(|&o| u16::from_le_bytes([b[o], b[o + 1]]) & exp == exp)
+    })
 }
 
 /// Quantize whole rows, split over the rayon pool in groups of rows. Rows are
@@ -469,5 +566,68 @@ fn to_value(v: MetaValue) -> Value {
         MetaValue::ArrStr(a) => Value::from(a),
         MetaValue::ArrI32(a) => Value::from(a),
         MetaValue::ArrU32(a) => Value::from(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every type the converter can write, one large value of each magnitude from
+    /// 1e4 to 3.4e38: either the converter refuses it (naming that element), or the
+    /// value comes back finite and within a factor of two.
+    #[test]
+    fn overflowed_values_are_found_in_every_written_type() {
+        use GgmlType::*;
+        // -t's types and the fallbacks (q2_K and q3_K are neither).
+        let types = [F16, Bf16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K];
+        let base: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0)
+            .collect();
+        let mut bigs: Vec<f32> = (4..=38).map(|e| 10f32.powi(e)).collect();
+        bigs.extend([3.3e38, 3.4e38, f32::MAX]);
+        for t in types {
+            let q = reference::quantize(t, &base).unwrap();
+            assert_eq!(overflowed_element(t, &base, &q), None, "{t}: small values");
+            for &big in &bigs {
+                for sign in [1.0f32, -1.0] {
+                    let mut x = base.clone();
+                    x[300] = sign * big;
+                    let q = reference::quantize(t, &x).unwrap();
+                    let mut y = vec![0f32; x.len()];
+                    reference::dequantize(t, &q, &mut y).unwrap();
+                    match overflowed_element(t, &x, &q) {
+                        Some(k) => assert_eq!(k, 300, "{t} {}", x[300]),
+                        None => {
+                            assert!(
+                                y.iter().all(|v| v.is_finite()),
+                                "{t}: {} gives non-finite values unnoticed",
+                                x[300]
+                            );
+                            let r = y[300] / x[300];
+                            assert!((0.5..2.0).contains(&r), "{t}: {} -> {}", x[300], y[300]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The limits the message implies: q4_0 holds |x| up to 8 * 65504, q8_0 up to
+    /// 127 * 65504 (the scale is max / -8, amax / 127 rounded to f16).
+    #[test]
+    fn values_just_inside_the_scale_range_pass() {
+        for (t, ok, bad) in [
+            (GgmlType::Q4_0, 5.2e5f32, 5.3e5f32),
+            (GgmlType::Q8_0, 8.3e6, 8.4e6),
+        ] {
+            let mut x = vec![0.01f32; 64];
+            x[40] = ok;
+            let q = reference::quantize(t, &x).unwrap();
+            assert_eq!(overflowed_element(t, &x, &q), None, "{t} {ok}");
+            x[40] = bad;
+            let q = reference::quantize(t, &x).unwrap();
+            assert_eq!(overflowed_element(t, &x, &q), Some(40), "{t} {bad}");
+        }
     }
 }

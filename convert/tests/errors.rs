@@ -445,3 +445,58 @@ fn output_must_not_be_an_input_file() {
     // a new file inside the model folder is fine
     assert_ok(&convert(dir.path(), &dir.join("model.qbin"), "q8_0", &[]));
 }
+
+/// A finite weight too large for the chosen type's f16 block scale (or for bf16)
+/// used to be written as Inf/NaN with exit 0 (review 3, defect 1). Every type -t
+/// offers, the q6_K -> q8_0 fallback and the K types are refused with the tensor,
+/// the value, the type and the advice; a value just inside the range converts.
+#[test]
+fn block_scale_overflow_is_refused() {
+    // (-t, n_embd, value, type named, advice)
+    let cases: [(&str, usize, f32, &str, &str); 10] = [
+        ("q4_0", 64, 6e5, "q4_0", "-t bf16 or -t f32"),
+        ("q4_1", 64, -2e6, "q4_1", "-t bf16 or -t f32"),
+        ("q5_0", 64, 2e6, "q5_0", "-t bf16 or -t f32"),
+        ("q5_1", 64, 3e6, "q5_1", "-t bf16 or -t f32"),
+        ("q8_0", 64, 1e7, "q8_0", "-t bf16 or -t f32"),
+        ("q6_K", 64, 1e9, "q8_0", "-t bf16 or -t f32"), // rows of 64: q8_0 fallback
+        ("q4_K", 256, 1e9, "q4_K", "-t bf16 or -t f32"),
+        ("q5_K", 256, 1e9, "q5_K", "-t bf16 or -t f32"),
+        ("q6_K", 256, 1e20, "q6_K", "-t bf16 or -t f32"),
+        ("bf16", 64, 3.4e38, "bf16", "-t f32"),
+    ];
+    for (ty, n_embd, value, named, advice) in cases {
+        let dir = TempDir::new("model");
+        let mut s = Spec::new(Arch::Qwen2);
+        s.src = Src::F32;
+        s.n_embd = n_embd;
+        s.head_dim = n_embd / s.n_head;
+        s.n_ff = n_embd;
+        let mut src = s.tensors();
+        let up = src
+            .iter_mut()
+            .find(|t| t.hf == "model.layers.1.mlp.up_proj.weight")
+            .unwrap();
+        up.data[n_embd + 3] = value;
+        s.write_with(dir.path(), &src);
+        let out_dir = TempDir::new("out");
+        let o = convert(dir.path(), &out_dir.join("m.gguf"), ty, &[]);
+        let shown = format!("value {value} at element {}", n_embd + 3);
+        let what = match named {
+            "bf16" => "overflows bf16".to_string(),
+            t => format!("overflows the f16 block scale of {t}"),
+        };
+        let up = "model.layers.1.mlp.up_proj.weight";
+        assert_one_line_error(&o, &[up, &shown, &what, advice]);
+        assert!(out_dir.list().is_empty(), "{ty}: {:?} left", out_dir.list());
+    }
+    // Just inside: q8_0 holds 127 * 65504 = 8.3e6.
+    let dir = TempDir::new("model");
+    let mut s = Spec::new(Arch::Qwen2);
+    s.src = Src::F32;
+    let mut src = s.tensors();
+    src[2].data[0] = 8.2e6;
+    s.write_with(dir.path(), &src);
+    let out_dir = TempDir::new("out");
+    assert_ok(&convert(dir.path(), &out_dir.join("m.gguf"), "q8_0", &[]));
+}
