@@ -1000,3 +1000,55 @@ fn gemm_matmul_matches_naive_loop() {
         }
     }
 }
+
+/// Each level's q8_K quantizer equals the reference (`quantize_row_q8_k`) byte for
+/// byte: random blocks, a zero block, ties at .5 (iscale 1 and -1), +m and -m both
+/// present in either order (the first sets the sign), huge and tiny values.
+#[test]
+fn quantizer_matches_reference() {
+    let mut rng = Rng(41);
+    let mut x: Vec<f32> = Vec::new();
+    for case in 0..12 {
+        let mut b: Vec<f32> = (0..QK_K).map(|_| rng.f() * 3.0).collect();
+        match case {
+            1 => b.fill(0.0),
+            2 | 3 => {
+                // max = -127 or 127: iscale = 1 or -1, every half-integer a tie.
+                for (i, v) in b.iter_mut().enumerate() {
+                    *v = ((i as i32 % 255) - 127) as f32 + 0.5 * (i % 2) as f32;
+                    *v = v.clamp(-126.5, 126.5);
+                }
+                b[17] = if case == 2 { -127.0 } else { 127.0 };
+            }
+            4 => {
+                b[3] = 5.0;
+                b[200] = -5.0;
+            }
+            5 => {
+                b[3] = -5.0;
+                b[200] = 5.0;
+            }
+            6 => b.iter_mut().for_each(|v| *v *= 1e30),
+            7 => b.iter_mut().for_each(|v| *v *= 1e-30),
+            8 => {
+                b.fill(-0.0);
+                b[255] = 1e-3;
+            }
+            _ => {}
+        }
+        x.extend(b);
+    }
+    let nb = x.len() / QK_K;
+    let mut want = vec![BlockQ8K::default(); nb];
+    quantize_row_q8_k(&x, &mut want);
+    for level in kernels::available() {
+        let mut got = vec![BlockQ8K::default(); nb];
+        kq::quantizer(level)(&x, &mut got);
+        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                bytemuck::bytes_of(g) == bytemuck::bytes_of(w),
+                "{level} block {b}: {g:?} vs reference {w:?}"
+            );
+        }
+    }
+}

@@ -328,6 +328,19 @@ pub fn quantize_acts(x: &[f32], y: &mut [BlockQ8K]) {
     quantize_row_q8_k(x, y);
 }
 
+/// Quantizes `x` ([256 * nb]) to q8_K blocks `y` ([nb]).
+pub type QuantizeFn = fn(x: &[f32], y: &mut [BlockQ8K]);
+
+/// The q8_K activation quantizer of a runtime kernel level: AVX-512 when this CPU has
+/// it (bit for bit [`quantize_acts`] for finite input, tested), else [`quantize_acts`].
+pub fn quantizer(level: &str) -> QuantizeFn {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => super::kq_x86::quantize_avx512().unwrap_or(quantize_acts),
+        _ => quantize_acts,
+    }
+}
+
 /// `y[t*rows + r] = sum_c W[r,c] * x[t*cols + c]` for a K-quant `w`, with the kernel
 /// level in use; see [`matmul_with`].
 pub fn matmul(w: &QMatrix, x: &[f32], y: &mut [f32], n_tok: usize, scratch: &mut KqScratch) {
@@ -421,6 +434,7 @@ pub fn matmul_multi_with(
     }
     let tile_t = k.tile_tokens.clamp(1, MAX_KQ_TILE_TOKENS);
     let step = scratch.max_tokens;
+    let quantize = quantizer(k.name);
     for t0 in (0..n_tok).step_by(step) {
         let nt = step.min(n_tok - t0);
         let acts = &mut scratch.acts[..nt * nb];
@@ -428,10 +442,10 @@ pub fn matmul_multi_with(
         if parallel && nt > 1 {
             acts.par_chunks_mut(nb)
                 .zip(xs.par_chunks(cols))
-                .for_each(|(a, xt)| quantize_acts(xt, a));
+                .for_each(|(a, xt)| quantize(xt, a));
         } else {
             for (a, xt) in acts.chunks_mut(nb).zip(xs.chunks(cols)) {
-                quantize_acts(xt, a);
+                quantize(xt, a);
             }
         }
         let acts = &scratch.acts[..nt * nb];
@@ -524,20 +538,38 @@ fn gemm_rows<W: bytemuck::Pod>(
     nt: usize,
     out: &mut RowChunkOut,
 ) -> usize {
-    const N: usize = KQ_GEMM_ROWS * MAX_KQ_GEMM_BLOCKS;
+    // The unpacked rows' stack buffers are zeroed per chunk: sized in tiers so narrow
+    // rows (most matrices) do not pay for the widest.
+    match nb {
+        0..=8 => gemm_rows_n::<W, 8>(g, prefetch, w, nb, gx, nt, out),
+        9..=40 => gemm_rows_n::<W, 40>(g, prefetch, w, nb, gx, nt, out),
+        _ => gemm_rows_n::<W, MAX_KQ_GEMM_BLOCKS>(g, prefetch, w, nb, gx, nt, out),
+    }
+}
+
+/// [`gemm_rows`] with buffers for `MAXB` super-blocks per row.
+fn gemm_rows_n<W: bytemuck::Pod, const MAXB: usize>(
+    g: &KGemmType<W>,
+    prefetch: fn(&[u8]),
+    w: &[W],
+    nb: usize,
+    gx: &[ActKGemm],
+    nt: usize,
+    out: &mut RowChunkOut,
+) -> usize {
     let range = out.rows();
     let n = KQ_GEMM_ROWS * nb;
-    let mut q = [0u8; N * 256];
-    let mut sc = [0i32; N * 16];
-    let mut mw = [0i32; N * 8];
-    let mut d = [0.0f32; N];
-    let mut dmin = [0.0f32; N];
+    let mut q = [[[0u8; 256]; MAXB]; KQ_GEMM_ROWS];
+    let mut sc = [[[0i32; 16]; MAXB]; KQ_GEMM_ROWS];
+    let mut mw = [[[0i32; 8]; MAXB]; KQ_GEMM_ROWS];
+    let mut d = [[0.0f32; MAXB]; KQ_GEMM_ROWS];
+    let mut dmin = [[0.0f32; MAXB]; KQ_GEMM_ROWS];
     let mut rows = KGemmRows {
-        q: &mut q[..n * 256],
-        sc: &mut sc[..n * 16],
-        mw: &mut mw[..n * 8],
-        d: &mut d[..n],
-        dmin: &mut dmin[..n],
+        q: &mut q.as_flattened_mut().as_flattened_mut()[..n * 256],
+        sc: &mut sc.as_flattened_mut().as_flattened_mut()[..n * 16],
+        mw: &mut mw.as_flattened_mut().as_flattened_mut()[..n * 8],
+        d: &mut d.as_flattened_mut()[..n],
+        dmin: &mut dmin.as_flattened_mut()[..n],
     };
     const PER_CALL: usize = MAX_KQ_GEMM_BLOCKS_PER_CALL;
     let mut buf = [0.0f32; PER_CALL * KQ_GEMM_ROWS * KQ_GEMM_TOKENS];

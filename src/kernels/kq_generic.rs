@@ -356,7 +356,7 @@ pub fn unpack_with<W>(
 
 /// q4_K / q5_K scales and mins: each 6-bit scale for its two 16s, the mins as pairs
 /// (against `bs32`); (d, -dmin).
-#[inline]
+#[inline(always)]
 fn meta_k4(s: &[u8; 12], d: f16, dmin: f16, sc: &mut [i32; 16], mw: &mut [i32; 8]) -> (f32, f32) {
     let (s8, m8) = scales_mins_k4(s);
     for (j, v) in sc.iter_mut().enumerate() {

@@ -50,6 +50,11 @@ pub(super) fn gemm_avx512() -> Option<&'static KqGemm> {
     avx512().map(|_| &GEMM_AVX512)
 }
 
+/// The AVX-512 q8_K quantizer, if this CPU has what [`avx512`] needs.
+pub(super) fn quantize_avx512() -> Option<super::kq::QuantizeFn> {
+    avx512().map(|_| avx512_impl::quantize_q8_k as super::kq::QuantizeFn)
+}
+
 static GEMM_AVX512: KqGemm = KqGemm {
     prefetch: avx512_impl::prefetch,
     q2_k: KGemmType {
@@ -1044,7 +1049,7 @@ mod avx512_impl {
     fn prefetch_t(bytes: &[u8]) {
         let mut off = 0;
         while off < bytes.len() {
-            _mm_prefetch::<_MM_HINT_T0>(bytes[off..].as_ptr().cast());
+            _mm_prefetch::<_MM_HINT_T1>(bytes[off..].as_ptr().cast());
             off += 64;
         }
     }
@@ -1054,5 +1059,68 @@ mod avx512_impl {
         // SAFETY: only reachable through the table `gemm_avx512()` returns after
         // `avx512()` checked every feature prefetch_t is compiled with.
         unsafe { prefetch_t(bytes) }
+    }
+
+    /// ggml's `quantize_row_q8_K_ref` (`reference::quantize_row_q8_k`), 16 values per
+    /// step: the same max search (the first value of the largest magnitude sets the
+    /// sign), the same `iscale = -127 / max` and `d = 1 / iscale`, the same products;
+    /// `cvtps2dq` rounds half to even as ggml's `nearest_int` does for |v| < 2^22.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn quantize_q8_k_t(x: &[f32], y: &mut [BlockQ8K]) {
+        assert_eq!(
+            x.len(),
+            256 * y.len(),
+            "quantize_q8_k: {} values for {} blocks",
+            x.len(),
+            y.len()
+        );
+        let abs = _mm512_set1_epi32(0x7FFF_FFFF);
+        for (xb, yb) in x.chunks_exact(256).zip(y.iter_mut()) {
+            let v: [__m512; 16] = core::array::from_fn(|k| {
+                // SAFETY: xb holds 256 f32, k < 16; loadu has no alignment need.
+                unsafe { _mm512_loadu_ps(xb[16 * k..].as_ptr()) }
+            });
+            let mut m = _mm512_setzero_ps();
+            for vk in &v {
+                let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(*vk), abs));
+                m = _mm512_max_ps(m, a);
+            }
+            let amax = _mm512_reduce_max_ps(m);
+            if amax == 0.0 {
+                *yb = BlockQ8K::default();
+                continue;
+            }
+            // The first value whose magnitude is amax.
+            let am = _mm512_set1_ps(amax);
+            let mut max = 0.0f32;
+            for (k, vk) in v.iter().enumerate() {
+                let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(*vk), abs));
+                let hit = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, am);
+                if hit != 0 {
+                    max = xb[16 * k + hit.trailing_zeros() as usize];
+                    break;
+                }
+            }
+            let iscale = -127.0 / max;
+            let is = _mm512_set1_ps(iscale);
+            let top = _mm512_set1_epi32(127);
+            for (k, vk) in v.iter().enumerate() {
+                let q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(is, *vk)), top);
+                yb.bsums[k] = _mm512_reduce_add_epi32(q) as i16;
+                // SAFETY: qs[16k..16k + 16] is 16 writable bytes; storeu has no
+                // alignment need. The codes are in -128..=127, so narrowing keeps them.
+                unsafe {
+                    _mm_storeu_si128(yb.qs[16 * k..].as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q))
+                };
+            }
+            yb.d = 1.0 / iscale;
+        }
+    }
+
+    /// Safe entry over `quantize_q8_k_t`.
+    pub(super) fn quantize_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
+        // SAFETY: only reachable through `quantize_avx512()`, which checked every
+        // feature quantize_q8_k_t is compiled with.
+        unsafe { quantize_q8_k_t(x, y) }
     }
 }
