@@ -4,6 +4,8 @@
 //! checked against the Config; optional tensors are `Option`s.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
 
 use quant_formats::gguf::{Gguf, TensorInfo};
 use quant_formats::GgmlType;
@@ -73,13 +75,44 @@ pub struct Weights<'a> {
 
 struct Reader<'g, 'a> {
     g: &'g Gguf<'a>,
+    /// Names of the tensors handed out so far: every tensor of the file must
+    /// end up here, or the file holds something the forward pass would ignore.
+    used: RefCell<HashSet<String>>,
 }
 
 impl<'g, 'a> Reader<'g, 'a> {
     fn info(&self, name: &str) -> Result<&'g TensorInfo, ModelError> {
-        self.g
+        let info = self
+            .g
             .tensor(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(info)
+    }
+
+    /// Refuses the file when a tensor was never asked for: a tensor we do not
+    /// apply (rope_freqs, an FFN bias, q/k norms in a qwen2 file, a block past
+    /// block_count) means the logits would silently differ from what the file
+    /// describes. llama.cpp refuses such files too ("wrong number of tensors").
+    fn check_all_used(&self, arch: &str, n_layer: usize) -> Result<(), ModelError> {
+        let used = self.used.borrow();
+        let mut unused = self.g.tensors.iter().filter(|t| !used.contains(&t.name));
+        let Some(first) = unused.next() else {
+            return Ok(());
+        };
+        let more = unused.count();
+        let others = match more {
+            0 => String::new(),
+            1 => " (and 1 other)".to_string(),
+            n => format!(" (and {n} others)"),
+        };
+        Err(ModelError::Tensor {
+            name: first.name.clone(),
+            msg: format!(
+                "not used by this runtime's {arch} model with {n_layer} blocks{others}; \
+                 refusing the file rather than ignoring weights it asks for"
+            ),
+        })
     }
 
     fn check_dims(info: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {
@@ -144,7 +177,10 @@ impl<'g, 'a> Reader<'g, 'a> {
 
 impl<'a> Weights<'a> {
     pub fn load(g: &Gguf<'a>, cfg: &Config) -> Result<Self, ModelError> {
-        let r = Reader { g };
+        let r = Reader {
+            g,
+            used: RefCell::new(HashSet::with_capacity(g.tensors.len())),
+        };
         let spec = cfg.arch.spec();
         let (e, q_dim, kv_dim, hd, ff) = (
             cfg.n_embd,
@@ -198,6 +234,7 @@ impl<'a> Weights<'a> {
                 ffn_down: r.matrix(&n("ffn_down.weight"), e, ff)?,
             });
         }
+        r.check_all_used(spec.name, cfg.n_layer)?;
         Ok(Weights {
             token_embd,
             layers,
