@@ -80,11 +80,30 @@ pub struct Hparams {
 }
 
 impl Hparams {
+    /// Reads config.json and checks the values against each other and against
+    /// what the runtime loads ([`crate::limits`]).
     pub fn from_config(cfg: &Config) -> Result<Hparams> {
+        let hp = Self::read(cfg)?;
+        hp.check_runtime_limits(cfg)?;
+        Ok(hp)
+    }
+
+    fn read(cfg: &Config) -> Result<Hparams> {
         let arch = Arch::detect(cfg)?;
         let p = cfg.path.display();
         if let Some(t) = cfg.rope_scaling_type() {
             bail!("{p}: RoPE scaling type {t:?} is not supported (only plain RoPE)");
+        }
+        // The runtime's FFN is SwiGLU: silu(gate) * up. Qwen2/3 name the activation
+        // (transformers' default "silu"; "swish" is the same nn.SiLU); Qwen-1's
+        // QWenMLP hard-codes F.silu and its config has no such key.
+        if arch != Arch::Qwen {
+            match cfg.opt_str("hidden_act")? {
+                None | Some("silu") | Some("swish") => {}
+                Some(other) => bail!(
+                    "{p}: hidden_act {other:?} is not supported (only \"silu\": the FFN is SwiGLU)"
+                ),
+            }
         }
         let n_vocab = cfg.u32("vocab_size")? as usize;
         let n_embd = cfg.u32("hidden_size")? as usize;
@@ -276,6 +295,89 @@ impl Hparams {
             );
             meta.push("qwen_rs.qwen.seq_length", MetaValue::U32(q.seq_length));
         }
+    }
+}
+
+impl Hparams {
+    /// The runtime refuses a file whose counts exceed its caps, whose epsilon is
+    /// not in (0, 1) or whose RoPE base is not above 1 (`src/config.rs`,
+    /// `Config::from_gguf`): refuse such a config here, naming its key.
+    fn check_runtime_limits(&self, cfg: &Config) -> Result<()> {
+        use crate::limits::*;
+        let p = cfg.path.display();
+        let qwen1 = self.arch == Arch::Qwen;
+        let ctx_key = if !qwen1 || cfg.has("max_position_embeddings") {
+            "max_position_embeddings"
+        } else {
+            "seq_length"
+        };
+        let head_dim_key = match self.arch {
+            Arch::Qwen => "kv_channels",
+            _ if cfg.has("head_dim") => "head_dim",
+            _ => "hidden_size / num_attention_heads",
+        };
+        // feed_forward_length as written: Qwen-1 stores intermediate_size (2x the width).
+        let ff = self
+            .qwen
+            .as_ref()
+            .map_or(self.n_ff, |q| q.intermediate_size_hf as usize);
+        let mut counts = vec![
+            ("vocab_size", self.n_vocab, MAX_VOCAB),
+            ("hidden_size", self.n_embd, MAX_EMBD),
+            ("num_hidden_layers", self.n_layer, MAX_LAYERS),
+            ("num_attention_heads", self.n_head, MAX_HEADS),
+            ("num_key_value_heads", self.n_head_kv, MAX_HEADS),
+            (head_dim_key, self.head_dim, MAX_HEAD_DIM),
+            ("intermediate_size", ff, MAX_FF),
+            (ctx_key, self.n_ctx as usize, MAX_CTX),
+        ];
+        if let Some(q) = &self.qwen {
+            counts.push(("seq_length", q.seq_length as usize, MAX_CTX));
+        }
+        for (key, v, max) in counts {
+            if v > max {
+                bail!("{p}: `{key}` = {v} is above {max}, the most the qwen-rs runtime loads");
+            }
+        }
+        let (eps_key, base_key) = if qwen1 {
+            ("layer_norm_epsilon", "rotary_emb_base")
+        } else {
+            ("rms_norm_eps", "rope_theta")
+        };
+        if !(self.rms_eps > 0.0 && self.rms_eps < 1.0) {
+            bail!(
+                "{p}: `{eps_key}` = {} must be in (0, 1) (the qwen-rs runtime refuses it)",
+                self.rms_eps
+            );
+        }
+        if !(self.rope_theta > 1.0) {
+            bail!(
+                "{p}: `{base_key}` = {} must be above 1 (the qwen-rs runtime refuses it)",
+                self.rope_theta
+            );
+        }
+        if self.rope_dim < 2 {
+            bail!(
+                "{p}: rotary dimension {} (kv_channels x rotary_pct) must be at least 2",
+                self.rope_dim
+            );
+        }
+        if let Some(q) = &self.qwen {
+            // Runtime: dynamic NTK computes base * alpha^(d / (d - 2)); logn divides by log(seq).
+            if q.use_dynamic_ntk && self.rope_dim <= 2 {
+                bail!(
+                    "{p}: use_dynamic_ntk needs a rotary dimension above 2, found {}",
+                    self.rope_dim
+                );
+            }
+            if q.use_logn_attn && q.seq_length < 2 {
+                bail!(
+                    "{p}: use_logn_attn needs `seq_length` >= 2, found {}",
+                    q.seq_length
+                );
+            }
+        }
+        Ok(())
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Generation {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    /// Written as llama.cpp's `general.sampling.min_p` (the runtime reads it there).
+    pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
 }
 
@@ -110,6 +112,9 @@ impl Vocab {
         }
         if let Some(x) = g.top_k {
             meta.push("qwen_rs.generation.top_k", MetaValue::U32(x));
+        }
+        if let Some(x) = g.min_p {
+            meta.push("general.sampling.min_p", MetaValue::F32(x));
         }
         if let Some(x) = g.repetition_penalty {
             meta.push("qwen_rs.generation.repetition_penalty", MetaValue::F32(x));
@@ -725,6 +730,13 @@ fn load_generation(dir: &Path, v: &Vocab, arch: Arch) -> Result<Generation> {
     let mut g = Generation::default();
     if path.is_file() {
         let j = read_json(&path)?;
+        if !j.is_object() {
+            bail!(
+                "{}: expected a JSON object, found {}",
+                path.display(),
+                crate::hf::kind(&j)
+            );
+        }
         g.eos_token_ids = id_list(&path, "eos_token_id", j.get("eos_token_id"))?;
         let num = |key: &str| -> Result<Option<f64>> {
             match j.get(key) {
@@ -741,6 +753,7 @@ fn load_generation(dir: &Path, v: &Vocab, arch: Arch) -> Result<Generation> {
         };
         g.temperature = num("temperature")?.map(|x| x as f32);
         g.top_p = num("top_p")?.map(|x| x as f32);
+        g.min_p = num("min_p")?.map(|x| x as f32);
         g.repetition_penalty = num("repetition_penalty")?.map(|x| x as f32);
         g.top_k = match num("top_k")? {
             None => None,
@@ -753,17 +766,47 @@ fn load_generation(dir: &Path, v: &Vocab, arch: Arch) -> Result<Generation> {
         // transformers samples only with do_sample = true (its default is false, i.e.
         // greedy, whatever temperature/top_p/top_k say): store that as temperature 0.
         match j.get("do_sample") {
-            Some(Value::Bool(true)) => {}
+            // transformers fills what the file leaves out from
+            // GenerationConfig._get_default_generation_params(): temperature 1.0,
+            // top_k 50, top_p 1.0, and no min_p. Written out, so the runtime does
+            // not fall back to llama.cpp's defaults (0.8, 40, 0.95, min_p 0.05).
+            Some(Value::Bool(true)) => {
+                g.temperature.get_or_insert(1.0);
+                g.top_k.get_or_insert(50);
+                g.top_p.get_or_insert(1.0);
+                g.min_p.get_or_insert(0.0);
+            }
             None | Some(Value::Null) | Some(Value::Bool(false)) => {
                 g.temperature = Some(0.0);
                 g.top_p = None;
                 g.top_k = None;
+                g.min_p = None;
             }
             Some(v) => bail!(
                 "{}: `do_sample` must be true or false, found {}",
                 path.display(),
                 short(v)
             ),
+        }
+    }
+    // The runtime's ranges (src/sampler.rs SamplerParams::validate): a value it
+    // would refuse when sampling is refused here, naming the key.
+    use crate::limits::{MIN_P, REPETITION_PENALTY, TEMPERATURE, TOP_P};
+    for (key, v, range) in [
+        ("temperature", g.temperature, TEMPERATURE),
+        ("top_p", g.top_p, TOP_P),
+        ("min_p", g.min_p, MIN_P),
+        (
+            "repetition_penalty",
+            g.repetition_penalty,
+            REPETITION_PENALTY,
+        ),
+    ] {
+        if let Some(v) = v.filter(|&v| !range.contains(v)) {
+            bail!(
+                "{}: `{key}` = {v} is outside {range}, the range the qwen-rs runtime accepts",
+                path.display()
+            );
         }
     }
     if g.eos_token_ids.is_empty() {

@@ -515,3 +515,41 @@ fn qwen1_extras_past_vocab_are_dropped() {
     assert_eq!(tokens.len(), 280);
     assert_eq!(tokens[279], "<|extra_15|>");
 }
+
+/// do_sample true with keys left out: the file carries transformers' defaults
+/// (GenerationConfig: temperature 1.0, top_k 50, top_p 1.0, no min_p), so the
+/// runtime does not use llama.cpp's 0.8 / 40 / 0.95 / min_p 0.05 (review 3, defect 4).
+#[test]
+fn sampling_defaults_follow_transformers() {
+    let dir = TempDir::new("model");
+    let out_dir = TempDir::new("out");
+    let out = out_dir.join("m.gguf");
+    let read = |gen: serde_json::Value| {
+        write_json(&dir.join("generation_config.json"), &gen);
+        assert_ok(&convert(dir.path(), &out, "q8_0", &[]));
+        let bytes = std::fs::read(&out).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        (
+            g.get_f32("qwen_rs.generation.temperature").unwrap(),
+            g.get_u32("qwen_rs.generation.top_k").unwrap(),
+            g.get_f32("qwen_rs.generation.top_p").unwrap(),
+            g.get_f32("general.sampling.min_p").unwrap(),
+        )
+    };
+    Spec::new(Arch::Qwen2).write(dir.path());
+    let gen = serde_json::json!({"eos_token_id": 302, "do_sample": true});
+    assert_eq!(read(gen), (Some(1.0), Some(50), Some(1.0), Some(0.0)));
+    // Qwen-7B-Chat's file: top_k 0 (off) and top_p 0.8 kept, temperature 1.0 added.
+    let gen = serde_json::json!({"eos_token_id": 302, "do_sample": true, "top_k": 0, "top_p": 0.8,
+        "repetition_penalty": 1.1});
+    assert_eq!(read(gen), (Some(1.0), Some(0), Some(0.8), Some(0.0)));
+    // explicit values win, min_p included; null means "not set" as in transformers
+    let gen = serde_json::json!({"eos_token_id": 302, "do_sample": true, "temperature": 0.6,
+        "top_k": 20, "top_p": 0.95, "min_p": 0.1});
+    assert_eq!(read(gen), (Some(0.6), Some(20), Some(0.95), Some(0.1)));
+    let gen = serde_json::json!({"eos_token_id": 302, "do_sample": true, "temperature": null});
+    assert_eq!(read(gen), (Some(1.0), Some(50), Some(1.0), Some(0.0)));
+    // greedy: temperature 0, nothing else about sampling
+    let gen = serde_json::json!({"eos_token_id": 302, "do_sample": false, "min_p": 0.1});
+    assert_eq!(read(gen), (Some(0.0), None, None, None));
+}

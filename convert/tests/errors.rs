@@ -500,3 +500,123 @@ fn block_scale_overflow_is_refused() {
     let out_dir = TempDir::new("out");
     assert_ok(&convert(dir.path(), &out_dir.join("m.gguf"), "q8_0", &[]));
 }
+
+/// Values the runtime refuses at load or when sampling are refused by the
+/// converter, naming the key (review 3, defect 3): before, rms_norm_eps 2 or
+/// top_p 2 converted with exit 0 and qwen-run failed on the file.
+#[test]
+fn values_the_runtime_refuses_are_refused() {
+    let over_ctx = (1u64 << 24) + 1;
+    // config.json edits: (arch, key, value, needles)
+    let config_cases = [
+        (
+            Arch::Qwen2,
+            "rms_norm_eps",
+            json!(2),
+            vec!["rms_norm_eps", "= 2", "(0, 1)"],
+        ),
+        (
+            Arch::Qwen3,
+            "rms_norm_eps",
+            json!(1.0),
+            vec!["rms_norm_eps", "= 1"],
+        ),
+        (
+            Arch::Qwen,
+            "layer_norm_epsilon",
+            json!(1.5),
+            vec!["layer_norm_epsilon", "1.5"],
+        ),
+        (
+            Arch::Qwen2,
+            "max_position_embeddings",
+            json!(over_ctx),
+            vec!["max_position_embeddings", "16777217", "16777216"],
+        ),
+        (
+            Arch::Qwen,
+            "seq_length",
+            json!(over_ctx),
+            vec!["`seq_length`", "16777217"],
+        ),
+        (
+            Arch::Qwen2,
+            "rope_theta",
+            json!(1.0),
+            vec!["rope_theta", "above 1"],
+        ),
+        (
+            Arch::Qwen2,
+            "num_hidden_layers",
+            json!(1025),
+            vec!["num_hidden_layers", "1025", "1024"],
+        ),
+        (
+            Arch::Qwen2,
+            "hidden_act",
+            json!("gelu"),
+            vec!["hidden_act", "\"gelu\"", "silu"],
+        ),
+        (
+            Arch::Qwen3,
+            "hidden_act",
+            json!("relu"),
+            vec!["hidden_act", "\"relu\""],
+        ),
+    ];
+    for (arch, key, value, needles) in config_cases {
+        let dir = TempDir::new("model");
+        let s = Spec::new(arch);
+        s.write(dir.path());
+        let mut cfg = s.config();
+        cfg[key] = value;
+        write_json(&dir.join("config.json"), &cfg);
+        let mut n = vec!["config.json"];
+        n.extend(needles);
+        expect_error(dir.path(), &n);
+    }
+    // generation_config.json: (content, needles)
+    let base = json!({"eos_token_id": 302, "do_sample": true, "temperature": 0.7});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut g = base.clone();
+        g[k] = v;
+        g
+    };
+    let gen_cases = [
+        (with("top_p", json!(2.0)), vec!["`top_p` = 2", "[0, 1]"]),
+        (with("top_p", json!(-0.1)), vec!["`top_p` = -0.1"]),
+        (
+            with("temperature", json!(101)),
+            vec!["`temperature` = 101", "[0, 100]"],
+        ),
+        (with("temperature", json!(-1)), vec!["`temperature` = -1"]),
+        (
+            with("repetition_penalty", json!(0)),
+            vec!["`repetition_penalty` = 0", "(0, 100]"],
+        ),
+        (
+            with("repetition_penalty", json!(101)),
+            vec!["`repetition_penalty` = 101"],
+        ),
+        (with("min_p", json!(1.5)), vec!["`min_p` = 1.5"]),
+        (json!([1, 2]), vec!["expected a JSON object", "array"]),
+        (json!("greedy"), vec!["expected a JSON object"]),
+    ];
+    for (gen, needles) in gen_cases {
+        let dir = TempDir::new("model");
+        Spec::new(Arch::Qwen2).write(dir.path());
+        write_json(&dir.join("generation_config.json"), &gen);
+        let mut n = vec!["generation_config.json"];
+        n.extend(needles);
+        expect_error(dir.path(), &n);
+    }
+    // Qwen-1's QWenMLP hard-codes F.silu and never reads a hidden_act key.
+    let dir = TempDir::new("model");
+    let s = Spec::new(Arch::Qwen);
+    s.write(dir.path());
+    let mut cfg = s.config();
+    cfg["hidden_act"] = json!("gelu");
+    write_json(&dir.join("config.json"), &cfg);
+    let out_dir = TempDir::new("out");
+    assert_ok(&convert(dir.path(), &out_dir.join("m.gguf"), "q8_0", &[]));
+}
