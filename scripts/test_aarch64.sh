@@ -64,6 +64,8 @@ qemu-aarch64 -cpu help | grep -qw "$CPU" || CPU=max
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+# Line tables keep file:line in backtraces; full debug info only costs build time here.
+export CARGO_PROFILE_TEST_DEBUG=${CARGO_PROFILE_TEST_DEBUG:-line-tables-only}
 runner() { echo "qemu-aarch64 -L $SYSROOT -cpu $1"; }
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$(runner $CPU)"
 
@@ -178,7 +180,8 @@ for hf in tests/fixtures/hf/*/ tests/fixtures/kquants/hf/*/; do
         done
         # Token by token (decode path: one-token tiles, attention over the cache).
         if [ "$ty" = f32 ] || [ "$ty" = q4_0 ] || [ "$ty" = q4_K ]; then
-            run "$model" "$ref/ids.json" "$OUT/$name/$ty.neon.kvf16.b1.npy" --kernels neon -b 1
+            run "$model" "$ref/ids.json" "$OUT/$name/$ty.neon.kvf16.b1.npy" --kernels neon -b 1 \
+                -ctk f16 -ctv f16
         fi
     done
 done
