@@ -150,3 +150,146 @@ fn every_fixture_conversion_still_loads() {
         "kquants q4_K"
     );
 }
+
+fn md5ish(p: &std::path::Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+#[test]
+fn output_onto_the_model_file_is_refused() {
+    let d = dir().join("victim");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("layers")).unwrap();
+    let model = Tiny::new("qwen2").write(&d, "victim");
+    let before = md5ish(&model);
+    let m = model.to_str().unwrap();
+    // The same path, another spelling, a symlink to the model used as the
+    // model, and a hard link as the output: all are the model's inode.
+    let other_spelling = d.join(".").join("victim.gguf");
+    let link = d.join("link.gguf");
+    let hard = d.join("hard.gguf");
+    #[cfg(unix)]
+    {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&model, &link).unwrap();
+    }
+    std::fs::hard_link(&model, &hard).unwrap();
+    let mut cases: Vec<(String, String)> = vec![
+        (m.to_string(), m.to_string()),
+        (m.to_string(), other_spelling.to_str().unwrap().to_string()),
+        (m.to_string(), hard.to_str().unwrap().to_string()),
+    ];
+    if cfg!(unix) {
+        cases.push((
+            link.to_str().unwrap().to_string(),
+            hard.to_str().unwrap().to_string(),
+        ));
+    }
+    for (model_arg, out) in &cases {
+        let o = run(
+            &qwen_run(),
+            &["-f", model_arg, "--token-ids", "1,2", "--dump-logits", out],
+        );
+        assert_error(&o, &["--dump-logits", "is the model file"]);
+        assert_eq!(
+            md5ish(&model),
+            before,
+            "model changed by -f {model_arg} --dump-logits {out}"
+        );
+    }
+    // --dump-layers writing DIR/l_out-0.npy where that file is the model.
+    let layer_model = d.join("layers").join("l_out-0.npy");
+    std::fs::copy(&model, &layer_model).unwrap();
+    let o = run(
+        &qwen_run(),
+        &[
+            "-f",
+            layer_model.to_str().unwrap(),
+            "--token-ids",
+            "1,2",
+            "--dump-logits",
+            d.join("x.npy").to_str().unwrap(),
+            "--dump-layers",
+            d.join("layers").to_str().unwrap(),
+        ],
+    );
+    assert_error(&o, &["--dump-layers", "is the model file"]);
+    assert_eq!(md5ish(&layer_model), before);
+    // A different output still works.
+    let o = run(
+        &qwen_run(),
+        &[
+            "-f",
+            m,
+            "--token-ids",
+            "1,2",
+            "--dump-logits",
+            d.join("x.npy").to_str().unwrap(),
+        ],
+    );
+    ok(&o, "dump to another file");
+}
+
+#[cfg(unix)]
+#[test]
+fn special_files_as_the_model_are_refused_at_once() {
+    use std::time::{Duration, Instant};
+    let d = dir().join("special");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let fifo = d.join("fifo");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success());
+    let out = d.join("x.npy");
+    for (path, kind) in [
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/dev/null", "a character device"),
+        (d.to_str().unwrap(), "a directory"),
+    ] {
+        // Spawned with a deadline: before the fix the FIFO blocked forever.
+        let mut child = std::process::Command::new(qwen_run())
+            .args([
+                "-f",
+                path,
+                "--token-ids",
+                "1",
+                "--dump-logits",
+                out.to_str().unwrap(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("qwen-run -f {path} hangs");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert_error(&o, &[path, kind, "regular file"]);
+    }
+    // A symlink to a regular file is fine.
+    let model = Tiny::new("qwen2").write(&d, "m");
+    let link = d.join("link.gguf");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    let o = run(
+        &qwen_run(),
+        &[
+            "-f",
+            link.to_str().unwrap(),
+            "--token-ids",
+            "1",
+            "--dump-logits",
+            out.to_str().unwrap(),
+        ],
+    );
+    ok(&o, "model through a symlink");
+}
