@@ -232,12 +232,9 @@ fn run(args: Args) -> Res<ExitCode> {
             .dump_logits
             .as_ref()
             .ok_or("--token-ids needs --dump-logits OUT.npy")?;
-        // Before any work: writing there would destroy the mapped model.
-        file.refuse_as_output(out, "--dump-logits")?;
         let ids = parse_ids(ids, cfg.n_vocab_embd)?;
         let n_ctx = context_size(&args, cfg.n_ctx_train, ids.len())?;
         return dump_logits(
-            &file,
             &model,
             &ids,
             n_ctx,
@@ -323,7 +320,6 @@ fn parse_ids(s: &str, n_vocab: usize) -> Res<Vec<u32>> {
 }
 
 fn dump_logits(
-    file: &ModelFile,
     model: &Model,
     ids: &[u32],
     n_ctx: usize,
@@ -344,7 +340,7 @@ fn dump_logits(
         .map_err(|e| e.to_string())?;
     let dt = t0.elapsed().as_secs_f64();
     if let (Some(dir), Some(traces)) = (layers, st.trace.take()) {
-        write_layers(file, dir, &traces)?;
+        write_layers(dir, &traces)?;
     }
     let logits = &st.logits[..ids.len() * model.config.n_vocab];
     qwen::npy::write_f32_file(out, &[ids.len(), model.config.n_vocab], logits)?;
@@ -362,7 +358,7 @@ fn dump_logits(
 
 /// Writes each traced intermediate as DIR/NAME.npy, the chunks of one name
 /// concatenated in position order.
-fn write_layers(file: &ModelFile, dir: &std::path::Path, traces: &[qwen::model::Trace]) -> Res<()> {
+fn write_layers(dir: &std::path::Path, traces: &[qwen::model::Trace]) -> Res<()> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut names: Vec<&str> = Vec::new();
     for t in traces {
@@ -376,7 +372,6 @@ fn write_layers(file: &ModelFile, dir: &std::path::Path, traces: &[qwen::model::
         let data: Vec<f32> = parts.iter().flat_map(|t| t.data.iter().copied()).collect();
         let width = data.len() / rows.max(1);
         let path = dir.join(format!("{name}.npy"));
-        file.refuse_as_output(&path, "--dump-layers")?;
         let f = std::fs::File::create(&path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         qwen::npy::write_f32(io::BufWriter::new(f), &[rows, width], &data)
@@ -414,7 +409,52 @@ fn tokenize_mode(tok: &Tokenizer, encode: bool) -> Res<()> {
 
 /// File defaults overridden by the command line; `n_ctx` bounds the penalty window.
 fn sampler_params(args: &Args, g: &Gguf, n_ctx: usize) -> Res<SamplerParams> {
-    let mut p = SamplerParams::with_file_defaults(&GenerationDefaults::from_gguf(g)?);
+    let d = GenerationDefaults::from_gguf(g)?;
+    // A file default no option overrides must be in range; the error names the key it
+    // came from (qwen-convert's `qwen_rs.generation.*`, else llama.cpp's `general.sampling.*`).
+    type Set = fn(&mut SamplerParams, f32);
+    let file_values: [(Option<f32>, bool, &str, &str, Set); 4] = [
+        (
+            d.temperature,
+            args.temp.is_some(),
+            "qwen_rs.generation.temperature",
+            "general.sampling.temp",
+            |p, v| p.temperature = v,
+        ),
+        (
+            d.top_p,
+            args.top_p.is_some(),
+            "qwen_rs.generation.top_p",
+            "general.sampling.top_p",
+            |p, v| p.top_p = v,
+        ),
+        (
+            d.min_p,
+            args.min_p.is_some(),
+            "general.sampling.min_p",
+            "general.sampling.min_p",
+            |p, v| p.min_p = v,
+        ),
+        (
+            d.repetition_penalty,
+            args.repeat_penalty.is_some(),
+            "qwen_rs.generation.repetition_penalty",
+            "general.sampling.penalty_repeat",
+            |p, v| p.repeat_penalty = v,
+        ),
+    ];
+    for (v, overridden, ours, theirs, set) in file_values {
+        let Some(v) = v.filter(|_| !overridden) else {
+            continue;
+        };
+        let mut one = SamplerParams::default();
+        set(&mut one, v);
+        one.validate().map_err(|e| {
+            let key = if g.get(ours).is_some() { ours } else { theirs };
+            format!("metadata key '{key}': {e} (override it on the command line)")
+        })?;
+    }
+    let mut p = SamplerParams::with_file_defaults(&d);
     if let Some(v) = args.temp {
         p.temperature = v;
     }
