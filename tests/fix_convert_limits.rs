@@ -2,13 +2,14 @@
 //! the runtime itself, and the sampling a converted file gives `qwen-run`
 //! against transformers' (review 3, defects 3 and 4).
 
-use quant_formats::gguf::Gguf;
+use quant_formats::gguf::{Gguf, GgufWriter, Value};
 use quant_formats::GgmlType;
 use qwen::sampler::{GenerationDefaults, SamplerParams, WHOLE_CONTEXT};
 use qwen_convert::convert::{convert, Options, Silent};
 use qwen_convert::limits;
 use qwen_convert::plan::TypePolicy;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 #[test]
@@ -71,8 +72,8 @@ impl Drop for TempDir {
     }
 }
 
-/// Convert a committed fixture and return the sampler settings qwen-run starts from.
-fn file_sampler(fixture: &str, tmp: &Path) -> SamplerParams {
+/// Convert a committed fixture; returns the output path.
+fn convert_fixture(fixture: &str, tmp: &Path) -> PathBuf {
     let out = tmp.join(format!("{fixture}.gguf"));
     let opts = Options {
         input: Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,7 +84,12 @@ fn file_sampler(fixture: &str, tmp: &Path) -> SamplerParams {
         measure_error: false,
     };
     convert(&opts, &mut Silent, &AtomicBool::new(false)).expect("convert");
-    let bytes = std::fs::read(&out).expect("read output");
+    out
+}
+
+/// Convert a committed fixture and return the sampler settings qwen-run starts from.
+fn file_sampler(fixture: &str, tmp: &Path) -> SamplerParams {
+    let bytes = std::fs::read(convert_fixture(fixture, tmp)).expect("read output");
     let g = Gguf::parse(&bytes).expect("parse");
     SamplerParams::with_file_defaults(&GenerationDefaults::from_gguf(&g).expect("defaults"))
 }
@@ -110,4 +116,85 @@ fn converted_files_sample_like_transformers() {
         "qwen2_gqa2"
     );
     assert!(p.validate().is_ok());
+}
+
+/// The GGUF `src` with metadata `key` set to `value` (tensors unchanged).
+fn with_key(src: &[u8], key: &str, value: Value) -> Vec<u8> {
+    let g = Gguf::parse(src).expect("parse");
+    let mut w = GgufWriter::new();
+    for (k, v) in g.kv() {
+        if k != key {
+            w.add(k, v.clone());
+        }
+    }
+    w.add(key, value);
+    for t in &g.tensors {
+        w.add_tensor(&t.name, &t.dims, t.dtype).expect("add_tensor");
+    }
+    let mut s = w.start(Vec::new()).expect("start");
+    for t in &g.tensors {
+        s.write_tensor(&t.name, g.tensor_data(t))
+            .expect("write_tensor");
+    }
+    s.finish().expect("finish")
+}
+
+/// A sampling default out of range in a file (made by another tool): qwen-run's error names
+/// the GGUF key, and an option that overrides it makes the file usable.
+#[test]
+fn out_of_range_file_default_names_its_key() {
+    let tmp = TempDir::new("key");
+    let good = std::fs::read(convert_fixture("qwen2_gqa2", &tmp.0)).expect("read");
+    let cases = [
+        (
+            "qwen_rs.generation.top_p",
+            Value::F32(2.0),
+            "--top-p",
+            "top_p = 2",
+        ),
+        (
+            "qwen_rs.generation.temperature",
+            Value::F32(-1.0),
+            "--temp",
+            "temperature = -1",
+        ),
+        (
+            "general.sampling.min_p",
+            Value::F32(1.5),
+            "--min-p",
+            "min_p = 1.5",
+        ),
+        (
+            "qwen_rs.generation.repetition_penalty",
+            Value::F32(0.0),
+            "--repeat-penalty",
+            "repeat_penalty = 0",
+        ),
+    ];
+    for (key, value, option, shown) in cases {
+        let path = tmp.0.join("bad.gguf");
+        std::fs::write(&path, with_key(&good, key, value)).expect("write");
+        let run = |extra: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+                .arg("-f")
+                .arg(&path)
+                .args(["--mode", "generate", "-p", "hi", "-n", "2", "--seed", "1"])
+                .args(extra)
+                .output()
+                .expect("run qwen-run")
+        };
+        let o = run(&[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{key}: accepted");
+        assert!(
+            err.contains(&format!("metadata key '{key}'")) && err.contains(shown),
+            "{key}: error should name the key and the value: {err}"
+        );
+        let o = run(&[option, "0.5"]);
+        assert!(
+            o.status.success(),
+            "{key} overridden by {option}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }
