@@ -232,9 +232,12 @@ fn run(args: Args) -> Res<ExitCode> {
             .dump_logits
             .as_ref()
             .ok_or("--token-ids needs --dump-logits OUT.npy")?;
+        // Before any work: writing there would destroy the mapped model.
+        file.refuse_as_output(out, "--dump-logits")?;
         let ids = parse_ids(ids, cfg.n_vocab_embd)?;
         let n_ctx = context_size(&args, cfg.n_ctx_train, ids.len())?;
         return dump_logits(
+            &file,
             &model,
             &ids,
             n_ctx,
@@ -320,6 +323,7 @@ fn parse_ids(s: &str, n_vocab: usize) -> Res<Vec<u32>> {
 }
 
 fn dump_logits(
+    file: &ModelFile,
     model: &Model,
     ids: &[u32],
     n_ctx: usize,
@@ -340,7 +344,7 @@ fn dump_logits(
         .map_err(|e| e.to_string())?;
     let dt = t0.elapsed().as_secs_f64();
     if let (Some(dir), Some(traces)) = (layers, st.trace.take()) {
-        write_layers(dir, &traces)?;
+        write_layers(file, dir, &traces)?;
     }
     let logits = &st.logits[..ids.len() * model.config.n_vocab];
     qwen::npy::write_f32_file(out, &[ids.len(), model.config.n_vocab], logits)?;
@@ -358,7 +362,7 @@ fn dump_logits(
 
 /// Writes each traced intermediate as DIR/NAME.npy, the chunks of one name
 /// concatenated in position order.
-fn write_layers(dir: &std::path::Path, traces: &[qwen::model::Trace]) -> Res<()> {
+fn write_layers(file: &ModelFile, dir: &std::path::Path, traces: &[qwen::model::Trace]) -> Res<()> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut names: Vec<&str> = Vec::new();
     for t in traces {
@@ -372,6 +376,7 @@ fn write_layers(dir: &std::path::Path, traces: &[qwen::model::Trace]) -> Res<()>
         let data: Vec<f32> = parts.iter().flat_map(|t| t.data.iter().copied()).collect();
         let width = data.len() / rows.max(1);
         let path = dir.join(format!("{name}.npy"));
+        file.refuse_as_output(&path, "--dump-layers")?;
         let f = std::fs::File::create(&path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         qwen::npy::write_f32(io::BufWriter::new(f), &[rows, width], &data)
