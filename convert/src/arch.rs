@@ -350,7 +350,8 @@ impl Hparams {
                 self.rms_eps
             );
         }
-        if !(self.rope_theta > 1.0) {
+        // Finite and positive already (positive_f32).
+        if self.rope_theta <= 1.0 {
             bail!(
                 "{p}: `{base_key}` = {} must be above 1 (the qwen-rs runtime refuses it)",
                 self.rope_theta
