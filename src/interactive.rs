@@ -580,17 +580,61 @@ fn parse_input(line: &str) -> Input<'_> {
     }
 }
 
+/// Why a turn failed: the turn alone (the chat can go on) or the output (it cannot).
+enum TurnError {
+    /// A message too long for the context, a template or model error, a bad line.
+    Turn(String),
+    /// stdout could not be written: no later reply could be shown either.
+    Output(String),
+}
+
+impl TurnError {
+    fn into_message(self) -> String {
+        match self {
+            TurnError::Turn(e) | TurnError::Output(e) => e,
+        }
+    }
+}
+
+/// stdout that remembers whether a write failed, so that a failed turn can be told apart from
+/// a closed output.
+struct TrackedStdout<'a> {
+    inner: io::StdoutLock<'a>,
+    failed: bool,
+}
+
+impl Write for TrackedStdout<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.failed |= r.is_err();
+        r
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        self.failed |= r.is_err();
+        r
+    }
+}
+
 /// Runs one turn with the Ctrl-C flags set up, then prints the statistics on stderr.
-fn run_turn(session: &mut Session, user: &str, verbose: bool) -> Result<(), String> {
+fn run_turn(session: &mut Session, user: &str, verbose: bool) -> Result<(), TurnError> {
     INTERRUPT.store(false, Ordering::SeqCst);
     BUSY.store(true, Ordering::SeqCst);
-    let mut out = io::stdout().lock();
+    let mut out = TrackedStdout {
+        inner: io::stdout().lock(),
+        failed: false,
+    };
     let r = session.turn(user, &mut out, &INTERRUPT);
     BUSY.store(false, Ordering::SeqCst);
-    let stats = r?;
+    let stats = match r {
+        Ok(s) => s,
+        Err(e) if out.failed => return Err(TurnError::Output(e)),
+        Err(e) => return Err(TurnError::Turn(e)),
+    };
     out.write_all(b"\n")
         .and_then(|()| out.flush())
-        .map_err(|e| format!("cannot write the reply: {e}"))?;
+        .map_err(|e| TurnError::Output(format!("cannot write the reply: {e}")))?;
     drop(out);
     if verbose {
         eprintln!("{}", format_cache_stats(&stats));
@@ -601,8 +645,11 @@ fn run_turn(session: &mut Session, user: &str, verbose: bool) -> Result<(), Stri
 }
 
 /// The chat: `-p` without `-i` runs one turn; otherwise turns are read from stdin, with line editing and
-/// history when stdin is a terminal, one line per turn when it is not (only replies go to stdout; EOF
-/// ends the program with success). Commands: `/exit`, `/reset`, `/system TEXT`.
+/// history when stdin is a terminal, one line per turn when it is not (only replies go to stdout).
+/// A turn that fails (a message too long for the context, a line that is not UTF-8) prints
+/// `error: …` on stderr and the chat goes on with the next line; through a pipe the result at EOF
+/// (or `/exit`) is then an error counting the failed turns (exit code 1), else Ok. A reply that
+/// cannot be written to stdout ends the chat. Commands: `/exit`, `/reset`, `/system TEXT`.
 pub fn run(model: &Model, tokenizer: &Tokenizer, opts: &ChatOptions) -> Result<(), String> {
     let kv = model.default_kv_type();
     run_kv(model, tokenizer, opts, (kv, kv))
@@ -624,15 +671,50 @@ pub fn run_kv(
             .prompt
             .as_deref()
             .ok_or("single-turn chat needs -p PROMPT")?;
-        return run_turn(&mut session, prompt, opts.verbose);
+        return run_turn(&mut session, prompt, opts.verbose).map_err(TurnError::into_message);
     }
+    let mut failed = Failed::default();
     if let Some(p) = opts.prompt.as_deref() {
-        run_turn(&mut session, p, opts.verbose)?;
+        failed.check(run_turn(&mut session, p, opts.verbose))?;
     }
     if io::stdin().is_terminal() {
         run_terminal(&mut session, opts.verbose)
     } else {
-        run_pipe(&mut session, opts.verbose)
+        run_pipe(&mut session, opts.verbose, &mut failed)?;
+        failed.result()
+    }
+}
+
+/// Counts the turns of a chat and those that failed.
+#[derive(Default)]
+struct Failed {
+    turns: usize,
+    failed: usize,
+}
+
+impl Failed {
+    /// A failed turn is reported and counted; only a failed output is returned as an error.
+    fn check<T>(&mut self, r: Result<T, TurnError>) -> Result<Option<T>, String> {
+        self.turns += 1;
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(TurnError::Turn(e)) => {
+                eprintln!("error: {e}");
+                self.failed += 1;
+                Ok(None)
+            }
+            Err(TurnError::Output(e)) => Err(e),
+        }
+    }
+
+    fn result(&self) -> Result<(), String> {
+        match self.failed {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} of {} chat inputs failed (each reported above)",
+                self.turns
+            )),
+        }
     }
 }
 
@@ -642,7 +724,7 @@ fn handle(
     line: &str,
     verbose: bool,
     terminal: bool,
-) -> Result<bool, String> {
+) -> Result<bool, TurnError> {
     match parse_input(line) {
         Input::Exit => return Ok(false),
         Input::Reset => {
@@ -652,31 +734,42 @@ fn handle(
             }
         }
         Input::System("") => eprintln!("usage: /system TEXT"),
-        Input::System(text) => match session.set_system(text) {
-            Ok(()) if terminal => eprintln!("[system prompt replaced]"),
-            Ok(()) => {}
-            Err(e) => eprintln!("error: {e}"),
-        },
+        Input::System(text) => {
+            session.set_system(text).map_err(TurnError::Turn)?;
+            if terminal {
+                eprintln!("[system prompt replaced]");
+            }
+        }
         Input::Message(m) if m.trim().is_empty() => {}
         Input::Message(m) => run_turn(session, m, verbose)?,
     }
     Ok(true)
 }
 
-fn run_pipe(session: &mut Session, verbose: bool) -> Result<(), String> {
+/// One line per turn. A line that is not UTF-8 fails as a turn of its own.
+fn run_pipe(session: &mut Session, verbose: bool, failed: &mut Failed) -> Result<(), String> {
     let stdin = io::stdin();
-    let mut line = String::new();
+    let mut line = Vec::new();
+    let mut line_no = 0usize;
     loop {
         line.clear();
+        line_no += 1;
         let n = stdin
             .lock()
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
             .map_err(|e| format!("cannot read stdin: {e}"))?;
         if n == 0 {
             return Ok(());
         }
-        let text = line.trim_end_matches(['\n', '\r']);
-        if !handle(session, text, verbose, false)? {
+        let r = match std::str::from_utf8(&line) {
+            Ok(text) => handle(session, text.trim_end_matches(['\n', '\r']), verbose, false),
+            Err(e) => Err(TurnError::Turn(format!(
+                "input line {} is not valid UTF-8 (byte {}); skipped",
+                line_no,
+                e.valid_up_to()
+            ))),
+        };
+        if failed.check(r)? == Some(false) {
             return Ok(());
         }
     }
@@ -693,12 +786,12 @@ fn run_terminal(session: &mut Session, verbose: bool) -> Result<(), String> {
                 if !line.trim().is_empty() {
                     let _ = rl.add_history_entry(line.as_str());
                 }
-                // At a terminal a failed turn (a message too long for the context, a template
-                // error) is reported and the chat goes on; through a pipe it ends the program.
+                // A failed turn (a message too long for the context, a template error) is
+                // reported and the chat goes on.
                 match handle(session, &line, verbose, true) {
                     Ok(true) => {}
                     Ok(false) => return Ok(()),
-                    Err(e) => eprintln!("error: {e}"),
+                    Err(e) => eprintln!("error: {}", e.into_message()),
                 }
             }
             Err(ReadlineError::Interrupted) | Err(ReadlineError::Eof) => return Ok(()),

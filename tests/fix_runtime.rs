@@ -293,3 +293,42 @@ fn special_files_as_the_model_are_refused_at_once() {
     );
     ok(&o, "model through a symlink");
 }
+
+/// Our converter's qwen2_gqa2 (tokenizer and chat template included), q8_0.
+fn chat_model() -> PathBuf {
+    let out = dir().join("chat.qwen2_gqa2.q8_0.gguf");
+    convert(&root().join("tests/fixtures/hf/qwen2_gqa2"), &out, "q8_0");
+    out
+}
+
+#[test]
+fn piped_chat_goes_on_after_a_failed_turn() {
+    let m = chat_model();
+    let m = m.to_str().unwrap();
+    let args = ["-f", m, "-i", "-n", "4", "--temp", "0", "-c", "64"];
+    // A line far too long for 64 positions, a line that is not UTF-8, then
+    // one that fits: the last one is still answered.
+    let mut input = format!("{}\n", "hello world ".repeat(100)).into_bytes();
+    input.extend_from_slice(b"bad \xff line\nshort\n");
+    let o = run_stdin(&qwen_run(), &args, &input);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 3, "{err}");
+    assert!(errors[0].contains("the context holds 64"), "{err}");
+    assert!(errors[1].contains("line 2 is not valid UTF-8"), "{err}");
+    assert!(errors[2].contains("2 of 3 chat inputs failed"), "{err}");
+    assert_eq!(
+        err.matches("[prompt: ").count(),
+        1,
+        "'short' unanswered: {err}"
+    );
+    assert!(!o.stdout.is_empty(), "no reply on stdout");
+    assert!(!err.contains("panicked"), "{err}");
+    // No failed turn: exit 0 at EOF.
+    let o = run_stdin(&qwen_run(), &args, b"short\nagain\n");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("[prompt: ").count(), 2, "{err}");
+    assert!(!err.contains("error: "), "{err}");
+}
