@@ -7,7 +7,9 @@
 //!   special tokens; tokens are written in GPT-2 byte-to-unicode form and the
 //!   merges are reconstructed from the ranks as llama.cpp's `QwenModel.bpe`
 //!   does (each multi-byte token splits into exactly two lower-ranked parts).
-//! - Either: `generation_config.json` -> `qwen_rs.generation.*`.
+//! - Either: `generation_config.json` -> `qwen_rs.generation.*` (+ llama.cpp's
+//!   `general.sampling.min_p`); with `do_sample` true the keys it leaves out get
+//!   transformers' defaults, with `do_sample` false or absent temperature is 0.
 //!
 //! Ids below `vocab_size` (the rows of the output matrix) that no token uses
 //! become `[PAD{id}]` with type UNUSED, as llama.cpp's converter does.
