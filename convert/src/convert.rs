@@ -486,9 +486,12 @@ const BLOCK_MAX_ABS: f32 = (1u32 << 30) as f32;
 /// overflowed (that block's largest |x|), if any.
 fn overflowed_element(t: GgmlType, x: &[f32], q: &[u8]) -> Option<usize> {
     let bs = t.block_size();
-    let block = match x.iter().position(|v| v.abs() > BLOCK_MAX_ABS) {
-        Some(k) if bs > 1 => k / bs,
-        _ => first_overflowed_block(t, q)?,
+    let huge = (bs > 1)
+        .then(|| x.iter().position(|v| v.abs() > BLOCK_MAX_ABS))
+        .flatten();
+    let block = match huge {
+        Some(k) => k / bs,
+        None => first_overflowed_block(t, q)?,
     };
     let start = block * bs;
     let vals = x.get(start..start + bs)?;
