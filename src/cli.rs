@@ -43,10 +43,26 @@ pub fn parse_args<A: clap::Parser>() -> Result<A, ExitCode> {
             print!("{e}");
             return ExitCode::SUCCESS;
         }
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or("invalid arguments");
-        let first = first.strip_prefix("error: ").unwrap_or(first);
-        eprintln!("error: {first} (see --help)");
+        eprintln!("error: {} (see --help)", usage_error_line(&e.to_string()));
         ExitCode::from(1)
     })
+}
+
+/// clap's usage error as one line: its first paragraph, with the indented
+/// lines that continue it (the names of missing arguments) joined on.
+/// "error: the following required arguments were not provided:\n  --model <MODEL>\n\nUsage: …"
+/// becomes "the following required arguments were not provided: --model <MODEL>".
+pub fn usage_error_line(text: &str) -> String {
+    let mut lines = text.lines().take_while(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut out = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let rest: Vec<&str> = lines.map(str::trim).collect();
+    if !rest.is_empty() {
+        out.push_str(if out.ends_with(':') { " " } else { ": " });
+        out.push_str(&rest.join(", "));
+    }
+    if out.is_empty() {
+        out.push_str("invalid arguments");
+    }
+    out
 }

@@ -332,3 +332,27 @@ fn piped_chat_goes_on_after_a_failed_turn() {
     assert_eq!(err.matches("[prompt: ").count(), 2, "{err}");
     assert!(!err.contains("error: "), "{err}");
 }
+
+#[test]
+fn usage_errors_name_the_arguments() {
+    let o = run(&qwen_run(), &[]);
+    let line = assert_error(&o, &["required arguments", "--model <MODEL>", "see --help"]);
+    assert!(!line.contains("provided: (see"), "{line}");
+    let o = run(
+        &qwen_run(),
+        &["-f", "m.gguf", "--dump-layers", "d", "-p", "hi"],
+    );
+    assert_error(&o, &["required arguments", "--token-ids"]);
+    // Two missing arguments are both named, on one line.
+    let text = "error: the following required arguments were not provided:\n  --model <MODEL>\n  --token-ids <IDS>\n\nUsage: qwen-run [OPTIONS]\n\nFor more information, try '--help'.\n";
+    assert_eq!(
+        qwen::cli::usage_error_line(text),
+        "the following required arguments were not provided: --model <MODEL>, --token-ids <IDS>"
+    );
+    // A tip after a blank line is not part of the message.
+    let text = "error: unexpected argument '--x' found\n\n  tip: to pass '--x' as a value, use '-- --x'\n\nUsage: qwen-run\n";
+    assert_eq!(
+        qwen::cli::usage_error_line(text),
+        "unexpected argument '--x' found"
+    );
+}
