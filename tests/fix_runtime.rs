@@ -356,3 +356,35 @@ fn usage_errors_name_the_arguments() {
         "unexpected argument '--x' found"
     );
 }
+
+#[test]
+fn negative_sampler_numbers_parse_as_in_llama_cpp() {
+    let m = chat_model();
+    let m = m.to_str().unwrap();
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["-f", m, "--mode", "generate", "-p", "hi", "-n", "8"];
+        args.extend_from_slice(extra);
+        run(&qwen_run(), &args)
+    };
+    // Negative temperature is greedy (llama.cpp clamps it to 0): the same
+    // text as --temp 0 whatever the seed.
+    let greedy = gen(&["--temp", "0", "-s", "1"]);
+    ok(&greedy, "--temp 0");
+    for seed in ["2", "3"] {
+        let neg = gen(&["--temp", "-1", "-s", seed]);
+        ok(&neg, "--temp -1");
+        assert_eq!(
+            neg.stdout, greedy.stdout,
+            "--temp -1 -s {seed} is not greedy"
+        );
+    }
+    let neg = gen(&["--temp=-0.5"]);
+    ok(&neg, "--temp=-0.5");
+    assert_eq!(neg.stdout, greedy.stdout);
+    // A negative repeat penalty parses, then fails the range check (llama.cpp:
+    // "repeat-penalty must be finite and greater than 0").
+    let o = gen(&["--repeat-penalty", "-1"]);
+    assert_error(&o, &["repeat_penalty", "-1"]);
+    let o = gen(&["--temp", "warm"]);
+    assert_error(&o, &["--temp", "warm"]);
+}

@@ -60,8 +60,8 @@ struct Args {
     /// Tokens to generate at most (default, -1 or -2: until end of text or a full context).
     #[arg(short = 'n', long = "n-predict", allow_negative_numbers = true)]
     n_predict: Option<i64>,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long)]
+    /// Sampling temperature; 0 or negative = greedy (as llama.cpp).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_temp)]
     temp: Option<f32>,
     #[arg(long)]
     top_k: Option<usize>,
@@ -69,7 +69,8 @@ struct Args {
     top_p: Option<f32>,
     #[arg(long)]
     min_p: Option<f32>,
-    #[arg(long)]
+    /// Repetition penalty, in (0, 100]; 1 = off.
+    #[arg(long, allow_negative_numbers = true)]
     repeat_penalty: Option<f32>,
     /// Tokens the repeat penalty looks back over (0 = off, -1 = the whole context;
     /// default 64, or the whole context for a penalty from the file's HF generation config).
@@ -119,6 +120,16 @@ type Res<T> = Result<T, String>;
 
 fn parse_kv_type(s: &str) -> Res<KvType> {
     s.parse()
+}
+
+/// `--temp`: a negative temperature is 0 (greedy), as llama.cpp's
+/// `temp = std::max(temp, 0.0f)` in common/arg.cpp; NaN is left to the range check.
+fn parse_temp(s: &str) -> Res<f32> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("'{s}' is not a number: {e}"))?;
+    Ok(if v < 0.0 { 0.0 } else { v })
 }
 
 fn main() -> ExitCode {
