@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use common::*;
-use quant_formats::gguf::{Gguf, GgufWriter};
+use quant_formats::gguf::{Gguf, GgufWriter, Value};
 use quant_formats::GgmlType;
 
 fn dir() -> PathBuf {
@@ -35,27 +35,44 @@ fn assert_error(o: &Output, needles: &[&str]) -> String {
     lines[0].to_string()
 }
 
-/// `bytes` rewritten with one more f32 tensor `name` of ggml dims `dims` (all 5.0).
-fn with_extra_tensor(bytes: &[u8], name: &str, dims: &[u64]) -> Vec<u8> {
+/// `bytes` rewritten: metadata through `kv` (None drops a key), tensors as they
+/// are, plus optionally one more f32 tensor (name, ggml dims) of all 5.0.
+fn rewrite(
+    bytes: &[u8],
+    kv: impl Fn(&str, &Value) -> Option<Value>,
+    extra: Option<(&str, &[u64])>,
+) -> Vec<u8> {
     let g = Gguf::parse(bytes).expect("parse base");
     let mut w = GgufWriter::new();
     for (k, v) in g.kv() {
-        if !k.starts_with("general.alignment") {
-            w.add(k, v.clone());
+        if k.starts_with("general.alignment") {
+            continue;
+        }
+        if let Some(v) = kv(k, v) {
+            w.add(k, v);
         }
     }
     for t in &g.tensors {
         w.add_tensor(&t.name, &t.dims, t.dtype).expect("add_tensor");
     }
-    w.add_tensor(name, dims, GgmlType::F32).expect("add extra");
+    if let Some((name, dims)) = extra {
+        w.add_tensor(name, dims, GgmlType::F32).expect("add extra");
+    }
     let mut s = w.start(Vec::new()).expect("start");
     for t in &g.tensors {
         s.write_tensor(&t.name, g.tensor_data(t)).expect("write");
     }
-    let n: u64 = dims.iter().product();
-    let extra: Vec<u8> = (0..n).flat_map(|_| 5f32.to_le_bytes()).collect();
-    s.write_tensor(name, &extra).expect("write extra");
+    if let Some((name, dims)) = extra {
+        let n: u64 = dims.iter().product();
+        let data: Vec<u8> = (0..n).flat_map(|_| 5f32.to_le_bytes()).collect();
+        s.write_tensor(name, &data).expect("write extra");
+    }
     s.finish().expect("finish")
+}
+
+/// `bytes` with one more f32 tensor `name` of ggml dims `dims`.
+fn with_extra_tensor(bytes: &[u8], name: &str, dims: &[u64]) -> Vec<u8> {
+    rewrite(bytes, |_, v| Some(v.clone()), Some((name, dims)))
 }
 
 fn load_err(bytes: &[u8]) -> Option<String> {
@@ -387,4 +404,55 @@ fn negative_sampler_numbers_parse_as_in_llama_cpp() {
     assert_error(&o, &["repeat_penalty", "-1"]);
     let o = gen(&["--temp", "warm"]);
     assert_error(&o, &["--temp", "warm"]);
+}
+
+#[test]
+fn missing_pre_tokenizer_falls_back_to_qwen2_with_a_warning() {
+    use qwen::tokenizer::Tokenizer;
+    let base = std::fs::read(chat_model()).unwrap();
+    let no_pre = rewrite(
+        &base,
+        |k, v| (k != "tokenizer.ggml.pre").then(|| v.clone()),
+        None,
+    );
+    let with = Tokenizer::from_gguf(&Gguf::parse(&base).unwrap()).unwrap();
+    let without = Tokenizer::from_gguf(&Gguf::parse(&no_pre).unwrap()).unwrap();
+    assert!(with.warnings().is_empty());
+    assert_eq!(without.warnings().len(), 1);
+    assert!(without.warnings()[0].contains("tokenizer.ggml.pre is missing"));
+    for text in [
+        "Hello world, it's 2024!",
+        "  spaces\n\n\tand tabs  ",
+        "数字 12345 and 'll 've",
+    ] {
+        assert_eq!(with.encode(text), without.encode(text), "{text:?}");
+    }
+    // Another architecture keeps the missing-key error (no guess for it).
+    let llama_no_pre = rewrite(
+        &no_pre,
+        |k, v| match k {
+            "general.architecture" => Some(Value::from("llama")),
+            _ => Some(v.clone()),
+        },
+        None,
+    );
+    let err = Tokenizer::from_gguf(&Gguf::parse(&llama_no_pre).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("tokenizer.ggml.pre"), "{err}");
+    // Through qwen-run: the ids, one warning line, exit 0.
+    let p = dir().join("no_pre.gguf");
+    std::fs::write(&p, &no_pre).unwrap();
+    let o = run_stdin(
+        &qwen_run(),
+        &["-f", p.to_str().unwrap(), "--tokenize"],
+        b"Hello world",
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let ids: Vec<u32> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ids, with.encode("Hello world"));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("warning: tokenizer.ggml.pre is missing"),
+        "{err}"
+    );
 }

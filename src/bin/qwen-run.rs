@@ -118,6 +118,15 @@ struct Args {
 
 type Res<T> = Result<T, String>;
 
+/// The file's tokenizer; what it had to assume is shown once on stderr.
+fn load_tokenizer(g: &Gguf) -> Res<Tokenizer> {
+    let tok = Tokenizer::from_gguf(g).map_err(|e| e.to_string())?;
+    for w in tok.warnings() {
+        eprintln!("warning: {w}");
+    }
+    Ok(tok)
+}
+
 fn parse_kv_type(s: &str) -> Res<KvType> {
     s.parse()
 }
@@ -190,7 +199,7 @@ fn run(args: Args) -> Res<ExitCode> {
     }
 
     if args.tokenize || args.detokenize {
-        let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+        let tok = load_tokenizer(&g)?;
         return tokenize_mode(&tok, args.tokenize).map(|()| ExitCode::SUCCESS);
     }
 
@@ -272,7 +281,7 @@ fn run(args: Args) -> Res<ExitCode> {
             .prompt
             .as_deref()
             .ok_or("--mode generate needs -p PROMPT")?;
-        let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+        let tok = load_tokenizer(&g)?;
         let n_ctx = context_size(&args, cfg.n_ctx_train, 0)?;
         let params = sampler_params(&args, &g, n_ctx)?;
         return generate(&model, &tok, &g, &args, prompt, n_ctx, params)
@@ -285,7 +294,7 @@ fn run(args: Args) -> Res<ExitCode> {
                 .into(),
         );
     }
-    let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+    let tok = load_tokenizer(&g)?;
     let n_ctx = context_size(&args, cfg.n_ctx_train, 0)?;
     let params = sampler_params(&args, &g, n_ctx)?;
     chat(&model, &tok, &g, &args, n_ctx, params).map(|()| ExitCode::SUCCESS)

@@ -151,6 +151,8 @@ pub struct Tokenizer {
     special_by_text: FxHashMap<String, u32>,
     normalization: Normalization,
     eos_ids: Vec<u32>,
+    /// What [`Tokenizer::from_gguf`] had to assume about the file (for the caller to show).
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -259,6 +261,7 @@ impl Tokenizer {
             special_by_text,
             normalization: config.normalization,
             eos_ids: config.eos_ids,
+            warnings: Vec::new(),
         })
     }
 
@@ -395,6 +398,12 @@ impl Tokenizer {
     /// Ids that end generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
+    }
+
+    /// What loading had to assume (e.g. a missing `tokenizer.ggml.pre`); the library does not
+    /// print them, a binary shows each once as `warning: …`.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Number of vocabulary rows, unused rows included.
