@@ -6,8 +6,8 @@
 #    Graviton2 / Ampere Altra), so `kernels::available()` holds "neon" and every test
 #    that walks the levels runs it against the scalar twin:
 #    tests/{kernels,kquants,attention,forward_consistency,forward_noalloc}.rs, the
-#    library's unit tests, and quant-formats' reference/golden tests (the reference
-#    quantizers write the same bytes on aarch64). Tests that spawn the workspace's
+#    unit tests of the three crates, and quant-formats' reference/golden tests (the
+#    reference quantizers write the same bytes on aarch64). Tests that spawn the workspace's
 #    binaries (`cli_*`) are skipped: qemu-user does not follow an exec.
 #    Proof that neon ran: attention.rs prints the levels it tests; the line must say
 #    `scalar + ["neon"]`.
@@ -18,8 +18,14 @@
 #    q4_0, q4_1, q5_0, q5_1 (and the K-quant fixture into q4_K, q5_K, q6_K), evaluated by
 #    the aarch64 `qwen-run --token-ids … --dump-logits --kernels neon|scalar` under qemu,
 #    and held to forward_reference.rs / kquants_forward.rs's bounds, plus neon against
-#    scalar on the same file. Needs Python with numpy (.venv from scripts/setup.sh, or
-#    python3); without it this part is skipped with a note.
+#    scalar on the same file; f32, q4_0 and q4_K also token by token (-b 1). Then
+#    llama.cpp's SmolLM2-135M Q4_1 file (real weights; assets/) at neon on 64 tokens
+#    of real text against transformers (tests/fixtures/smollm2/reference.json). Needs
+#    Python with numpy (.venv from scripts/setup.sh, or python3); without it this part
+#    is skipped with a note.
+#
+# Time on this 2-core machine, shared with other builds: ~4.5-5 min to build from a
+# clean target dir, ~2 min to run.
 #
 # Missing tools (qemu-aarch64, aarch64-linux-gnu-gcc and its libc, the rustup target)
 # are reported on stderr and the script exits 0 (after `cargo check --target` when only
