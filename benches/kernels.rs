@@ -17,6 +17,11 @@
 //!   the busy-machine case; `QWEN_SERIAL_FALLBACK=0` shows it without matmul's fallback.
 //! - `prefill_0.5b/<type>`: one such layer against 128 tokens, 2 threads: GFLOP/s
 //!   (q4_0/q5_0/q8_0 through the GEMM where the level has one).
+//! - K-quants: `kquant_gemm/<level>/<type>`: the K GEMM alone (4 rows unpacked once,
+//!   then 8 calls of 16 tokens against 1536 columns; one thread): GFLOP/s.
+//!   `kquant_layer_1.5b/<level>/<tokens>`: one Qwen2.5-1.5B layer as a Q4_K_M file has
+//!   it (q4_K; v and down q6_K) through `matmul_with`, 2 threads, 1 token (GB/s of
+//!   weights) and 128 tokens (GFLOP/s; the K GEMM where the level has one).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use quant_formats::GgmlType;
@@ -329,5 +334,120 @@ fn model_0_5b(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, read_bandwidth, kernel, model_0_5b);
+/// One Qwen2.5-1.5B layer of a Q4_K_M file: (rows, cols, type) of q, k, v, o, gate,
+/// up, down.
+const LAYER_1_5B_K: [(usize, usize, GgmlType); 7] = [
+    (1536, 1536, GgmlType::Q4K),
+    (256, 1536, GgmlType::Q4K),
+    (256, 1536, GgmlType::Q6K),
+    (1536, 1536, GgmlType::Q4K),
+    (8960, 1536, GgmlType::Q4K),
+    (8960, 1536, GgmlType::Q4K),
+    (1536, 8960, GgmlType::Q6K),
+];
+
+fn kquant(c: &mut Criterion) {
+    use quant_formats::block::{BlockQ4K, BlockQ6K, BlockQ8K};
+    use qwen::kernels::kq::{self, ActKGemm, KGemmRows};
+    // The GEMM alone: 4 rows x 1536 columns, 128 tokens in token blocks of 16.
+    let (cols, n_tok) = (1536usize, 128usize);
+    let nb = cols / 256;
+    let x = activations(n_tok * cols);
+    let mut xq = vec![BlockQ8K::default(); n_tok * nb];
+    kq::quantize_acts(&x, &mut xq);
+    let mut gx = vec![ActKGemm::default(); n_tok / 16 * nb];
+    for (tb, g) in gx.chunks_mut(nb).enumerate() {
+        kq::kgemm_acts(&xq[tb * 16 * nb..(tb + 1) * 16 * nb], 16, g);
+    }
+    let mut g = c.benchmark_group("kquant_gemm");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements((2 * 4 * cols * n_tok) as u64));
+    for level in kernels::available() {
+        let Some(gt) = kq::gemm_table(level) else {
+            continue;
+        };
+        let n = 4 * nb;
+        let (mut q, mut sc, mut mw) = (vec![0u8; n * 256], vec![0i32; n * 16], vec![0i32; n * 8]);
+        let (mut d, mut dmin) = (vec![0f32; n], vec![0f32; n]);
+        let mut out = vec![0f32; 2 * 64];
+        for dtype in [GgmlType::Q4K, GgmlType::Q6K] {
+            let data = Aligned::new(&weights(dtype, 4, cols, 3));
+            let mut rows = KGemmRows {
+                q: &mut q,
+                sc: &mut sc,
+                mw: &mut mw,
+                d: &mut d,
+                dmin: &mut dmin,
+            };
+            g.bench_with_input(BenchmarkId::new(level, dtype.name()), &(), |b, _| {
+                b.iter(|| {
+                    // Unpack once, then every token block: as matmul does per row group.
+                    let gemm = if dtype == GgmlType::Q4K {
+                        let w: &[BlockQ4K] = bytemuck::cast_slice(data.bytes());
+                        (gt.q4_k.unpack)(w, &mut rows);
+                        gt.q4_k.gemm
+                    } else {
+                        let w: &[BlockQ6K] = bytemuck::cast_slice(data.bytes());
+                        (gt.q6_k.unpack)(w, &mut rows);
+                        gt.q6_k.gemm
+                    };
+                    for xb in gx.chunks(2 * nb) {
+                        gemm(&rows, xb, &mut out);
+                    }
+                })
+            });
+        }
+    }
+    g.finish();
+
+    // One 1.5B layer through matmul_with, every level, 1 and 128 tokens.
+    let p = pool(2);
+    let mats_bytes: Vec<Aligned> = LAYER_1_5B_K
+        .iter()
+        .enumerate()
+        .map(|(i, &(r, cc, t))| Aligned::new(&weights(t, r, cc, i as u32)))
+        .collect();
+    let mats: Vec<QMatrix> = mats_bytes
+        .iter()
+        .zip(LAYER_1_5B_K)
+        .map(|(a, (r, cc, t))| QMatrix::new("w", t, r, cc, a.bytes()).expect("valid"))
+        .collect();
+    let bytes: usize = mats.iter().map(|m| m.data.len()).sum();
+    let mut g = c.benchmark_group("kquant_layer_1.5b");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for n_tok in [1usize, 128] {
+        let flops: usize = mats.iter().map(|m| 2 * m.rows * m.cols * n_tok).sum();
+        g.throughput(if n_tok == 1 {
+            Throughput::Bytes(bytes as u64)
+        } else {
+            Throughput::Elements(flops as u64)
+        });
+        let x = activations(n_tok * 8960);
+        let mut y = vec![0.0f32; n_tok * 8960];
+        let mut scratch = MatmulScratch::new(n_tok, 8960);
+        for level in kernels::available() {
+            if level == "scalar" && n_tok > 1 {
+                continue; // slow and says little
+            }
+            let k = kernels::table(level).expect("available level");
+            g.bench_with_input(BenchmarkId::new(level, n_tok), &(), |b, _| {
+                b.iter(|| {
+                    p.install(|| {
+                        for m in &mats {
+                            let (xs, ys) = (&x[..n_tok * m.cols], &mut y[..n_tok * m.rows]);
+                            matmul_with(k, m, xs, ys, n_tok, &mut scratch);
+                        }
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, read_bandwidth, kernel, model_0_5b, kquant);
 criterion_main!(benches);
