@@ -722,9 +722,14 @@ impl Unpacked {
             dmin: &mut self.dmin,
         }
     }
-    fn parts(&self) -> (&[u8], &[i32], &[i32], Vec<u32>, Vec<u32>) {
+    /// Equal arrays (the floats by their bits).
+    fn same(&self, o: &Unpacked) -> bool {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        (&self.q, &self.sc, &self.mw, bits(&self.d), bits(&self.dmin))
+        self.q == o.q
+            && self.sc == o.sc
+            && self.mw == o.mw
+            && bits(&self.d) == bits(&o.d)
+            && bits(&self.dmin) == bits(&o.dmin)
     }
 }
 
@@ -780,10 +785,7 @@ fn gemm_case<B: KBlock>(seed: u64) {
             for (level, g) in gemm_levels() {
                 let mut got = Unpacked::new(KQ_GEMM_ROWS * nb);
                 (B::gemm(g).unpack)(&w, &mut got.rows());
-                assert!(
-                    got.parts() == want.parts(),
-                    "{name} {level} nb={nb}: unpack"
-                );
+                assert!(got.same(&want), "{name} {level} nb={nb}: unpack");
                 let mut o = vec![f32::NAN; out.len()];
                 (B::gemm(g).gemm)(&got.rows(), &gx, &mut o);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

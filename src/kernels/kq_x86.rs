@@ -767,6 +767,8 @@ mod avx512_impl {
     /// broadcast weight word). `G`: chunks per partial sum; `MUL`: scale by `vpmulld`;
     /// `BS32`: the `mw` pairs go against `bs32` (4 words) instead of `bs16` (8); `SEP`:
     /// the block sums have their own float scale (`dmin`) instead of joining isum.
+    // Rows and token blocks index several register arrays at once ([j][r]).
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn kgemm_t<
         const NT: usize,
