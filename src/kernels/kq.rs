@@ -13,7 +13,16 @@
 //! so `QWEN_KERNELS` / `select` force it here too).
 //!
 //! The activation quantizer is `quant_formats::reference::quantize_row_q8_k`, ggml's
-//! `quantize_row_q8_K_ref`, which is what ggml's x86 and generic builds use too.
+//! `quantize_row_q8_K_ref`, which is what ggml's x86 and generic builds use too (at
+//! the avx512 level an AVX-512 copy of it, equal byte for byte: [`quantizer`]).
+//!
+//! Prefill (16+ tokens per round) at a level with a K GEMM ([`gemm_table`]: avx512) goes
+//! through it instead of the tiles: per chunk of rows, [`KQ_GEMM_ROWS`] rows are
+//! unpacked once ([`KGemmRows`]: codes as bytes in element order, scales and offsets
+//! as ints) and run against the round's activations laid out in blocks of 16 tokens
+//! ([`ActKGemm`]), 32 tokens per call; each broadcast weight word feeds 8 `vpdpbusd`.
+//! Its scalar twin is `kq_generic::GEMM` (same integers as the tiles, its own float
+//! order: one fused multiply-add per super-block and token).
 
 use super::par::MAX_OUTPUTS;
 use crate::kernels::{for_each_row_chunk_multi, RowChunkOut};

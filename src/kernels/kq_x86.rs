@@ -18,6 +18,9 @@
 //! only reachable through [`avx2`] / [`avx512`], which return a table only when the CPU
 //! reports every feature the functions are compiled for. A tile unpacks each weight
 //! super-block once and multiplies it with every token's block.
+//!
+//! At the avx512 level there is also the prefill GEMM (`kgemm_t`: 4 unpacked rows x
+//! 32 tokens, see `kq::KGemmFn`), its SIMD unpackers and an AVX-512 q8_K quantizer.
 
 use super::kq::{
     kgemm_shape, ActKGemm, KGemmRows, KGemmType, KqGemm, KqKernels, KQ_GEMM_ROWS, KQ_GEMM_TOKENS,
