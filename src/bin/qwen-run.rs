@@ -256,14 +256,17 @@ fn run(args: Args) -> Res<ExitCode> {
         file.refuse_as_output(out, "--dump-logits")?;
         let ids = parse_ids(ids, cfg.n_vocab_embd)?;
         let n_ctx = context_size(&args, cfg.n_ctx_train, ids.len())?;
+        let to = DumpTo {
+            model_file: &file,
+            logits: out,
+            layers: args.dump_layers.as_deref(),
+        };
         return dump_logits(
-            &file,
             &model,
             &ids,
             n_ctx,
             args.batch_size,
-            out,
-            args.dump_layers.as_deref(),
+            to,
             kv_types(&args, &model),
         )
         .map(|()| ExitCode::SUCCESS);
@@ -342,16 +345,24 @@ fn parse_ids(s: &str, n_vocab: usize) -> Res<Vec<u32>> {
     Ok(ids)
 }
 
+/// Where `--token-ids` writes, and the model file none of it may overwrite.
+struct DumpTo<'p> {
+    model_file: &'p ModelFile,
+    /// --dump-logits OUT.npy
+    logits: &'p std::path::Path,
+    /// --dump-layers DIR
+    layers: Option<&'p std::path::Path>,
+}
+
 fn dump_logits(
-    file: &ModelFile,
     model: &Model,
     ids: &[u32],
     n_ctx: usize,
     batch: usize,
-    out: &std::path::Path,
-    layers: Option<&std::path::Path>,
+    to: DumpTo,
     (k, v): (KvType, KvType),
 ) -> Res<()> {
+    let (file, out, layers) = (to.model_file, to.logits, to.layers);
     let mut st = model
         .try_new_state_kv(n_ctx, batch, k, v)
         .map_err(|e| e.to_string())?;
