@@ -187,8 +187,8 @@ fn depth_and_llama_bench_model_flag() {
     assert_eq!(base["n_depth"], 0, "{base}");
     assert_eq!(deep["n_depth"], 40, "{deep}");
     let kv = |v: &serde_json::Value| v["kv_cache_bytes"].as_u64().expect("kv_cache_bytes");
-    // Positions: 8 without depth (max of -p and -n), 48 with it.
-    assert_eq!(kv(&deep), kv(&base) * 48 / 8, "{base} vs {deep}");
+    // Positions (as llama-bench sizes its context): 8 + 4 without depth, 40 + 8 + 4 with it.
+    assert_eq!(kv(&deep) * 12, kv(&base) * 52, "{base} vs {deep}");
     let o = bench(&m, &["-p", "8", "-n", "4", "-r", "1", "-d", "40"]);
     ok(&o, "table with -d");
     let table = String::from_utf8_lossy(&o.stdout);

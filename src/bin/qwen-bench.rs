@@ -193,7 +193,8 @@ fn run(args: &Args) -> Res<()> {
 
     // Load: everything a user waits for before the first token.
     let depth = args.n_depth;
-    let n_ctx = depth + args.n_prompt.max(args.n_gen).max(1);
+    // As llama-bench: room for the depth, the prompt and the generated tokens.
+    let n_ctx = (depth + args.n_prompt + args.n_gen).max(1);
     let t_load = Instant::now();
     let file = ModelFile::open(&args.model).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
