@@ -174,13 +174,14 @@ fn prefetch<T>(p: *const T) {
 }
 
 /// Prefetches every cache line of the `LEN` bytes from `p` (never faults, even past
-/// the end of the data).
+/// the end of the data), with `_mm_prefetch`'s hint `HINT` (`_MM_HINT_T0`: into L1,
+/// `_MM_HINT_T1`: into L2 only).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn prefetch_span<const LEN: usize>(p: *const i8) {
+fn prefetch_span<const LEN: usize, const HINT: i32>(p: *const i8) {
     let mut o = 0;
     while o < LEN {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o));
+        _mm_prefetch::<HINT>(p.wrapping_add(o));
         o += 64;
     }
 }
@@ -194,18 +195,6 @@ fn prefetch_span<const LEN: usize>(p: *const i8) {
 /// than L1 fill buffers allow and crosses the 4 KB pages the hardware streamer
 /// stops at.
 const L2_AHEAD: usize = 8192;
-
-/// Prefetches every cache line of the `LEN` bytes from `p` into L2 only (never
-/// faults, even past the end of the data).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn prefetch_span_l2<const LEN: usize>(p: *const i8) {
-    let mut o = 0;
-    while o < LEN {
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o));
-        o += 64;
-    }
-}
 
 /// Sum of the 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1115,8 +1104,8 @@ mod avx512_impl {
                     for (r, g) in gs.iter_mut().enumerate() {
                         let wb = &w[r * nb + 4 * gi..r * nb + 4 * gi + 4];
                         let p = wb.as_ptr().cast::<i8>();
-                        prefetch_span::<{ 4 * std::mem::size_of::<$w>() }>(p.wrapping_add(ahead));
-                        prefetch_span_l2::<{ 4 * std::mem::size_of::<$w>() }>(p.wrapping_add(far));
+                        prefetch_span::<{ 4 * std::mem::size_of::<$w>() }, _MM_HINT_T0>(p.wrapping_add(ahead));
+                        prefetch_span::<{ 4 * std::mem::size_of::<$w>() }, _MM_HINT_T1>(p.wrapping_add(far));
                         *g = $unpack(wb.try_into().unwrap_or_else(|_| unreachable!()));
                     }
                     for t in 0..NT {
