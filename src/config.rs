@@ -39,16 +39,10 @@ impl Arch {
     }
 }
 
-// Caps on values read from the file: far above any Qwen model, low enough that
-// products of them cannot overflow and a hostile header cannot make us allocate
-// terabytes before the tensor table has been checked against them.
-pub const MAX_LAYERS: usize = 1024;
-pub const MAX_HEADS: usize = 1024;
-pub const MAX_HEAD_DIM: usize = 1024;
-pub const MAX_EMBD: usize = 1 << 16;
-pub const MAX_FF: usize = 1 << 18;
-pub const MAX_VOCAB: usize = 1 << 22;
-pub const MAX_CTX: usize = 1 << 24;
+// Caps on values read from the file (shared with the converter, which refuses the same).
+pub use quant_formats::limits::{
+    MAX_CTX, MAX_EMBD, MAX_FF, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB,
+};
 
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -159,21 +159,18 @@ impl SamplerParams {
 
     /// Checks every value against its range; the message names the value and the range.
     pub fn validate(&self) -> Result<(), SamplerError> {
-        let check = |name: &str, v: f32, lo: f32, hi: f32, lo_open: bool| {
-            let ok = v.is_finite() && (if lo_open { v > lo } else { v >= lo }) && v <= hi;
-            if ok {
+        use quant_formats::limits::{Range, MIN_P, REPETITION_PENALTY, TEMPERATURE, TOP_P};
+        let check = |name: &str, v: f32, r: Range| {
+            if r.contains(v) {
                 Ok(())
             } else {
-                let open = if lo_open { "(" } else { "[" };
-                Err(SamplerError(format!(
-                    "{name} = {v} is outside {open}{lo}, {hi}]"
-                )))
+                Err(SamplerError(format!("{name} = {v} is outside {r}")))
             }
         };
-        check("temperature", self.temperature, 0.0, 100.0, false)?;
-        check("top_p", self.top_p, 0.0, 1.0, false)?;
-        check("min_p", self.min_p, 0.0, 1.0, false)?;
-        check("repeat_penalty", self.repeat_penalty, 0.0, 100.0, true)?;
+        check("temperature", self.temperature, TEMPERATURE)?;
+        check("top_p", self.top_p, TOP_P)?;
+        check("min_p", self.min_p, MIN_P)?;
+        check("repeat_penalty", self.repeat_penalty, REPETITION_PENALTY)?;
         Ok(())
     }
 }

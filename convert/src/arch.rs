@@ -303,7 +303,7 @@ impl Hparams {
     /// not in (0, 1) or whose RoPE base is not above 1 (`src/config.rs`,
     /// `Config::from_gguf`): refuse such a config here, naming its key.
     fn check_runtime_limits(&self, cfg: &Config) -> Result<()> {
-        use crate::limits::*;
+        use quant_formats::limits::*;
         let p = cfg.path.display();
         let qwen1 = self.arch == Arch::Qwen;
         let ctx_key = if !qwen1 || cfg.has("max_position_embeddings") {

@@ -4,7 +4,6 @@
 //! - [`hf`]: config.json and safetensors (single or sharded), memory-mapped
 //! - [`arch`]: per-architecture hyperparameters and HF -> GGUF tensor tables
 //! - [`tokenizer`]: tokenizer.json / qwen.tiktoken, chat template, generation defaults
-//! - [`limits`]: what the qwen-rs runtime accepts (copied from its source)
 //! - [`plan`]: the type policy and the per-tensor error report
 //! - [`convert`]: the streaming, atomic conversion pipeline
 
@@ -15,7 +14,6 @@ pub mod arch;
 pub mod convert;
 pub mod error;
 pub mod hf;
-pub mod limits;
 pub mod meta;
 pub mod plan;
 pub mod tokenizer;

@@ -793,7 +793,7 @@ fn load_generation(dir: &Path, v: &Vocab, arch: Arch) -> Result<Generation> {
     }
     // The runtime's ranges (src/sampler.rs SamplerParams::validate): a value it
     // would refuse when sampling is refused here, naming the key.
-    use crate::limits::{MIN_P, REPETITION_PENALTY, TEMPERATURE, TOP_P};
+    use quant_formats::limits::{MIN_P, REPETITION_PENALTY, TEMPERATURE, TOP_P};
     for (key, v, range) in [
         ("temperature", g.temperature, TEMPERATURE),
         ("top_p", g.top_p, TOP_P),

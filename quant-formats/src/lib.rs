@@ -8,6 +8,8 @@
 //!   `*_ref` functions, and whole-tensor `quantize` / `dequantize`.
 //! - [`gguf`]: the validating zero-copy reader [`gguf::Gguf`] and the streaming
 //!   writer [`gguf::GgufWriter`].
+//! - [`limits`]: the caps and sampling ranges the runtime accepts (and the
+//!   converter checks).
 
 // `n % k != 0` instead of `is_multiple_of` (Rust 1.87): our MSRV is 1.80.
 #![allow(clippy::manual_is_multiple_of)]
@@ -15,6 +17,7 @@
 pub mod block;
 pub mod dtype;
 pub mod gguf;
+pub mod limits;
 pub mod reference;
 
 pub use dtype::GgmlType;

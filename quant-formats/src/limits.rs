@@ -1,13 +1,9 @@
-//! What the qwen-rs runtime accepts, so that the converter refuses a value up
-//! front instead of writing a file `qwen-run` will not load or sample from.
-//!
-//! This crate does not depend on the runtime, so the numbers are copies:
-//! - the counts are `MAX_*` in `src/config.rs` (`Config::from_gguf`), which also
-//!   requires `layer_norm_rms_epsilon` in (0, 1) and `rope.freq_base` > 1;
-//! - the sampling ranges are the literals of `SamplerParams::validate` in
-//!   `src/sampler.rs`.
-//!
-//! `tests/fix_convert_limits.rs` (root crate) holds them against the runtime.
+//! What a qwen-rs file may say: the caps the runtime puts on the counts it reads
+//! (`Config::from_gguf` in the runtime crate: products of them cannot overflow, and
+//! a hostile header cannot make it allocate terabytes) and the ranges of the
+//! sampling settings (`SamplerParams::validate`). The converter refuses the same
+//! values up front instead of writing a file `qwen-run` will not load or sample
+//! from; one definition serves both.
 
 pub const MAX_LAYERS: usize = 1024;
 pub const MAX_HEADS: usize = 1024;
