@@ -422,7 +422,14 @@ pub fn matmul_multi_with(
     if n_tok == 0 || total_rows == 0 {
         return;
     }
-    if !x.iter().all(|v| v.is_finite()) {
+    // One pass over x, in parallel when it is big (128 tokens of 8960 values).
+    let finite = if parallel && x.len() >= 1 << 16 && rayon::current_num_threads() > 1 {
+        x.par_chunks(cols.max(1))
+            .all(|r| r.iter().all(|v| v.is_finite()))
+    } else {
+        x.iter().all(|v| v.is_finite())
+    };
+    if !finite {
         for y in ys.iter_mut() {
             y.fill(f32::NAN);
         }

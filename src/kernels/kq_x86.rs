@@ -937,6 +937,41 @@ mod avx512_impl {
                 unsafe { $inner(w, rows.q) };
             }
         };
+        // q4_K / q5_K: the scales, mins and d / -dmin by SIMD too (the twin's
+        // `meta_q4_k`; the same values, tested).
+        (k4: $name:ident, $inner:ident, $w:ty, |$b:ident| $codes:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            fn $inner(w: &[$w], rows: &mut KGemmRows) {
+                rows.check(w.len());
+                // Scale j / 2 for the 16 codes j (bytes 0..8 of `scales_mins`).
+                let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+                for (i, $b) in w.iter().enumerate() {
+                    store_codes(&mut rows.q[256 * i..256 * i + 256], &$codes);
+                    let (sm, _) = scales_mins(&$b.scales);
+                    let sc = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(sm, dup));
+                    // The 8 mins as i16 pairs: words 0..4; words 4..8 zero.
+                    let mw = _mm256_zextsi128_si256(_mm_cvtepu8_epi16(_mm_srli_si128::<8>(sm)));
+                    let (sci, mwi) = (
+                        &mut rows.sc[16 * i..16 * i + 16],
+                        &mut rows.mw[8 * i..8 * i + 8],
+                    );
+                    // SAFETY: sci holds 16 i32 (64 bytes), mwi 8 i32 (32 bytes); storeu
+                    // has no alignment need.
+                    unsafe {
+                        _mm512_storeu_si512(sci.as_mut_ptr().cast(), sc);
+                        _mm256_storeu_si256(mwi.as_mut_ptr().cast(), mw);
+                    }
+                    rows.d[i] = h2f($b.d);
+                    rows.dmin[i] = -h2f($b.dmin);
+                }
+            }
+
+            pub(super) fn $name(w: &[$w], rows: &mut KGemmRows) {
+                // SAFETY: only reachable through the table `gemm_avx512()` returns after
+                // `avx512()` checked every feature `$inner` is compiled with.
+                unsafe { $inner(w, rows) };
+            }
+        };
     }
 
     /// q6_K codes (unsigned, element order) of one block.
@@ -1028,20 +1063,8 @@ mod avx512_impl {
         kq_generic::meta_q3_k,
         |b| codes_q3_k(b)
     );
-    unpack_fn!(
-        unpack_q4_k,
-        codes_q4_k_all,
-        BlockQ4K,
-        kq_generic::meta_q4_k,
-        |b| nibbles_k4(&b.qs)
-    );
-    unpack_fn!(
-        unpack_q5_k,
-        codes_q5_k_all,
-        BlockQ5K,
-        kq_generic::meta_q5_k,
-        |b| codes_q5_k(b)
-    );
+    unpack_fn!(k4: unpack_q4_k, unpack_q4_k_t, BlockQ4K, |b| nibbles_k4(&b.qs));
+    unpack_fn!(k4: unpack_q5_k, unpack_q5_k_t, BlockQ5K, |b| codes_q5_k(b));
     unpack_fn!(
         unpack_q6_k,
         codes_q6_k_all,
