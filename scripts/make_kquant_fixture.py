@@ -9,7 +9,8 @@ apply and not where the fallbacks should kick in:
               K fallback q5_0 / q5_1 / q8_0), 2 layers, vocab 320, untied, bf16 source, q/k/v biases.
 
 ref/qwen2_k256:
-  ids.json, logits.npy     as make_fixtures.py (transformers float32, eager attention, on the files as stored)
+  ids.json, logits.npy     as make_fixtures.py (transformers float32, eager attention, on the files as stored),
+                           the text's ids twice over (28: enough for the K-quant prefill GEMM)
   floor_<t>.npy            t = q4_K, q5_K, q6_K: the forward with every 2-D weight replaced by the dequantized
                            tensor of `qwen-convert -t t` (our reference quantizers, byte-identical to
                            llama-quantize's on the same input; read back with the gguf package) and every
@@ -149,6 +150,8 @@ def main() -> int:
     mf.dump_json(hf_dir / "tokenizer.json", tok)
     mf.dump_json(hf_dir / "config.json", mf.hf_config(m, n_tok))
     ids = Tokenizer.from_file(str(hf_dir / "tokenizer.json")).encode(mf.TEXT, add_special_tokens=False).ids
+    # Twice over (28 ids): a prompt of 16+ tokens takes the K-quant prefill GEMM at the avx512 level.
+    ids = ids * 2
 
     config = AutoConfig.from_pretrained(str(hf_dir))
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager").eval()
