@@ -6,7 +6,7 @@
 # WORK_DIR (default /work/bench) receives, outside the repository:
 #   hf/qwen2.5-{0.5b,1.5b}/   random-weight checkpoints of the real shapes (scripts/make_bench_models.py;
 #                             made only if missing, which needs TORCH_PYTHON with torch + transformers)
-#   gguf/*.gguf               those converted by qwen-convert: q4_0, q8_0 (both sizes), f16 (0.5B)
+#   gguf/*.gguf               those converted by qwen-convert: q4_0, q8_0 (both sizes), f16 (0.5B), q4_K (1.5B)
 #   results/                  every raw output (qwen-bench --json, llama-bench -o json) and summary.md
 #
 # For each file, qwen-bench and llama-bench run alternately on the SAME file, ROUNDS times
@@ -50,7 +50,7 @@ if [[ ! -f "$WORK/hf/qwen2.5-0.5b/model.safetensors" || ! -f "$WORK/hf/qwen2.5-1
 fi
 
 FILES=()
-for spec in 0.5b:q4_0 0.5b:q8_0 0.5b:f16 1.5b:q4_0 1.5b:q8_0; do
+for spec in 0.5b:q4_0 0.5b:q8_0 0.5b:f16 1.5b:q4_0 1.5b:q8_0 1.5b:q4_K; do
   size="${spec%%:*}" ty="${spec##*:}"
   f="$WORK/gguf/qwen2.5-$size-$ty.gguf"
   if [[ ! -f "$f" ]]; then
@@ -129,7 +129,7 @@ bwf = os.path.join(out, "bandwidth.txt")
 m = re.search(r"thrpt:\s*\[\s*[\d.]+ GiB/s\s+([\d.]+) GiB/s", open(bwf).read()) if os.path.exists(bwf) else None
 if m:
     bw = float(m.group(1)) * 2**30
-names = ["qwen2.5-0.5b-q4_0", "qwen2.5-0.5b-q8_0", "qwen2.5-0.5b-f16", "qwen2.5-1.5b-q4_0", "qwen2.5-1.5b-q8_0"]
+names = ["qwen2.5-0.5b-q4_0", "qwen2.5-0.5b-q8_0", "qwen2.5-0.5b-f16", "qwen2.5-1.5b-q4_0", "qwen2.5-1.5b-q8_0", "qwen2.5-1.5b-q4_K"]
 def load(p):
     return json.load(open(p)) if os.path.exists(p) else None
 def llama(p):
