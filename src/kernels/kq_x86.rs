@@ -592,6 +592,14 @@ mod avx512_impl {
     // its high half bit 2j + 1. With hb = [qh | qh >> 1] both are bit 2j of hb,
     // shifted to bit 4 (16-bit shifts; the 0x10 mask keeps bits from the same byte).
     k4_tile!(q5_k_t, BlockQ5K, |b, q| {
+        add_q5_k_high_bits(b, &mut q);
+    });
+
+    /// ORs the fifth bit of every q5_K code (from `b.qh`) into its low four in `q`
+    /// (vector j: elements 64j..64j+64, as [`nibbles_k4`] gives them).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn add_q5_k_high_bits(b: &BlockQ5K, q: &mut [__m512i; 4]) {
         let qh = load256(&b.qh);
         let hb = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<1>(qh));
         let m10 = _mm512_set1_epi8(0x10);
@@ -604,7 +612,7 @@ mod avx512_impl {
         for j in 0..4 {
             q[j] = _mm512_or_si512(q[j], _mm512_and_si512(bits[j], m10));
         }
-    });
+    }
 
     /// q6_K: per 128 elements, `ql` low nibbles are elements 0..64 and high nibbles
     /// 64..128, with two bits each of `qh` on top; `- 32` via the bsums.
@@ -1003,18 +1011,7 @@ mod avx512_impl {
     #[inline]
     fn codes_q5_k(b: &BlockQ5K) -> [__m512i; 4] {
         let mut q = nibbles_k4(&b.qs);
-        let qh = load256(&b.qh);
-        let hb = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<1>(qh));
-        let m10 = _mm512_set1_epi8(0x10);
-        let bits = [
-            _mm512_slli_epi16::<4>(hb),
-            _mm512_slli_epi16::<2>(hb),
-            hb,
-            _mm512_srli_epi16::<2>(hb),
-        ];
-        for j in 0..4 {
-            q[j] = _mm512_or_si512(q[j], _mm512_and_si512(bits[j], m10));
-        }
+        add_q5_k_high_bits(b, &mut q);
         q
     }
 
