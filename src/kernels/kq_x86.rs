@@ -619,8 +619,6 @@ mod avx512_impl {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn q6_k_t<const NT: usize>(w: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
         let nb = w.len();
-        let m4 = _mm512_set1_epi8(0x0F);
-        let m30 = _mm512_set1_epi8(0x30);
         let mut acc = [_mm512_setzero_ps(); NT];
         for (i, b) in w.iter().enumerate() {
             prefetch_block(b);
@@ -629,23 +627,7 @@ mod avx512_impl {
             let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xFFFF));
             let s = spread(&IDX_K6, sc32);
             let sc16 = _mm256_cvtepi8_epi16(sc8);
-            let mut q = [_mm512_setzero_si512(); 4];
-            for h in 0..2 {
-                let ql = load512(&b.ql[64 * h..]);
-                let qh = load256(&b.qh[32 * h..]);
-                // hb = [qh | qh >> 2]: bits 0-1 / 4-5 of hb are the high bits of
-                // elements 0..64 / 64..128 (16-bit shifts; 0x30 keeps same-byte bits).
-                let hb =
-                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
-                q[2 * h] = _mm512_or_si512(
-                    _mm512_and_si512(ql, m4),
-                    _mm512_and_si512(_mm512_slli_epi16::<4>(hb), m30),
-                );
-                q[2 * h + 1] = _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                    _mm512_and_si512(hb, m30),
-                );
-            }
+            let q = codes_q6_k(b);
             let dw = h2f(b.d);
             for t in 0..NT {
                 let y = &x[t * nb + i];
@@ -992,6 +974,8 @@ mod avx512_impl {
         for h in 0..2 {
             let ql = load512(&b.ql[64 * h..]);
             let qh = load256(&b.qh[32 * h..]);
+            // hb = [qh | qh >> 2]: bits 0-1 / 4-5 of hb are the high bits of
+            // elements 0..64 / 64..128 (16-bit shifts; 0x30 keeps same-byte bits).
             let hb =
                 _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
             q[2 * h] = _mm512_or_si512(
