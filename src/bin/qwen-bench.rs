@@ -185,10 +185,11 @@ fn run(args: &Args) -> Res<()> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     check_range("-t/--threads", threads, 1, MAX_THREADS)?;
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
+    // Load and measure on a pool worker, as qwen-run decodes (see `run_on_pool`).
+    qwen::kernels::run_on_pool(Some(threads), || measure(args, threads))?
+}
+
+fn measure(args: &Args, threads: usize) -> Res<()> {
     let level = qwen::kernels::select(args.kernels.as_deref())?;
 
     // Load: everything a user waits for before the first token.

@@ -161,11 +161,13 @@ fn run(args: Args) -> Res<ExitCode> {
         if t == 0 || t > 1024 {
             return Err(format!("--threads {t} is outside 1..=1024"));
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .map_err(|e| format!("cannot start {t} threads: {e}"))?;
     }
+    // Everything runs on a pool worker, so each parallel call of decode is taken up
+    // by the pool directly (see `run_on_pool`).
+    qwen::kernels::run_on_pool(args.threads, || run_in_pool(args))?
+}
+
+fn run_in_pool(args: Args) -> Res<ExitCode> {
     let level = qwen::kernels::select(args.kernels.as_deref())?;
 
     let t_load = Instant::now();
