@@ -14,7 +14,10 @@
 # busy-neighbour test: a `while :; do :; done` shell loop at nice 0 keeps one core busy while
 # both measure tg again (q4_0 files; BUSY_TYPES to change). Then load time and peak RSS of the
 # 1.5B files (qwen-bench --json, warm page cache), and the 2-thread memory read bandwidth
-# (cargo bench --bench kernels -- read_bandwidth) that turns bytes per token into a decode limit.
+# (cargo bench --bench kernels -- read_bandwidth, an anonymous 1 GiB buffer), for reference.
+# The decode limit of each row comes from the read bandwidth qwen-bench --read-bw measures between
+# its own tg runs (the same file's mapping, the same minutes): the machine's bandwidth drifts by
+# a third over a day, so a probe taken at another time says little about a given run.
 #
 # LLAMA_BENCH unset: the llama.cpp columns are skipped. Nothing here builds llama.cpp.
 # Run it on a quiet machine: every other process shows up in the numbers.
@@ -87,7 +90,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for f in "${FILES[@]}"; do
     tag="$(basename "$f" .gguf)_r$round"
     echo "== $tag"
-    ours "$f" "$tag" -p "$PP" -n "$TG"
+    ours "$f" "$tag" -p "$PP" -n "$TG" --read-bw
     theirs "$f" "$tag" -p "$PP" -n "$TG"
   done
 done
@@ -138,10 +141,11 @@ def llama(p):
     tg = next((r for r in rows if r["n_prompt"] == 0), None)
     return pp, tg
 f = lambda r, k="tokens_per_s", s="stddev": f"{r[k]:.1f} ± {r[s]:.1f}" if r else "-"
-print(f"read bandwidth (2 threads): {bw / 1e9:.1f} GB/s" if bw else "read bandwidth: not measured")
+print(f"read bandwidth (criterion, 2 threads, 1 GiB anonymous buffer, after the runs): {bw / 1e9:.1f} GB/s" if bw else "criterion read bandwidth: not measured")
+print("read GB/s below: qwen-bench --read-bw, the model file's mapping, between our tg runs (llama.cpp ran right after)")
 print()
-print("| model | type | round | ours pp128 | llama.cpp pp128 | pp ratio | ours tg64 | llama.cpp tg64 | tg ratio | decode limit | ours % of limit | llama.cpp % |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| model | type | round | ours pp128 | llama.cpp pp128 | pp ratio | ours tg64 | llama.cpp tg64 | tg ratio | read GB/s | decode limit | ours % of limit | llama.cpp % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in range(1, rounds + 1):
     for n in names:
         o = load(os.path.join(out, f"ours_{n}_r{r}.json"))
@@ -151,11 +155,12 @@ for r in range(1, rounds + 1):
         _, size, ty = n.split("-")
         ours_pp, ours_tg = o["pp"]["tokens_per_s"], o["tg"]["tokens_per_s"]
         ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
-        lim = bw / o["decode_bytes_per_token"] if bw else None
+        rbw = o.get("read_gbps")
+        lim = rbw * 1e9 / o["decode_bytes_per_token"] if rbw else None
         pct = lambda x: f"{100 * x / lim:.0f}%" if lim and x else "-"
         print(f"| Qwen2.5-{size.upper()} | {ty} | {r} | {f(o['pp'])} | {f(lp, 'avg_ts', 'stddev_ts')} | "
               f"{ratio(ours_pp, lp and lp['avg_ts'])} | {f(o['tg'])} | {f(lt, 'avg_ts', 'stddev_ts')} | "
-              f"{ratio(ours_tg, lt and lt['avg_ts'])} | {f'{lim:.1f}' if lim else '-'} | "
+              f"{ratio(ours_tg, lt and lt['avg_ts'])} | {f'{rbw:.1f}' if rbw else '-'} | {f'{lim:.1f}' if lim else '-'} | "
               f"{pct(ours_tg)} | {pct(lt and lt['avg_ts'])} |")
 print()
 print("| busy neighbour | ours tg quiet | ours tg busy | kept | llama.cpp tg quiet | llama.cpp tg busy | kept |")

@@ -36,7 +36,9 @@ use qwen::{Model, ModelFile};
 --json prints {\"pp\":{\"tokens_per_s\":X,\"stddev\":S},\"tg\":{\"tokens_per_s\":Y,\"stddev\":S},...}\n\
 (a test skipped with -p 0 / -n 0 is null) followed by load_s, peak_rss_mb, kernels, threads and the sizes\n\
 (decode_bytes_per_token: weight bytes one decode step reads; divided into the memory read bandwidth it\n\
-gives the decode limit in tokens/s)."
+gives the decode limit in tokens/s). With --read-bw, also read_gbps (median read bandwidth over the\n\
+model's mapping, measured between the tg runs) and tg_pct_of_read_bw (decode's weight bytes per second\n\
+as a share of it); null without it."
 )]
 struct Args {
     /// Model file (GGUF v3, as written by qwen-convert; also -m, as in llama-bench).
@@ -74,6 +76,11 @@ struct Args {
     /// Skip the untimed warm-up run of each test.
     #[arg(long = "no-warmup")]
     no_warmup: bool,
+    /// After each tg run, time three reads of the whole model file (its mapping, all
+    /// threads) and report that read bandwidth and decode's share of it (the same
+    /// minutes, the same bytes; the machine's bandwidth drifts over a day).
+    #[arg(long = "read-bw")]
+    read_bw: bool,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long = "json")]
     json: bool,
@@ -302,6 +309,15 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
         None
     };
 
+    // Median GB/s of the reads --read-bw makes between the tg runs.
+    let mut reads = Vec::new();
+    let words = if args.read_bw {
+        let b = file.bytes();
+        bytemuck::try_cast_slice::<u8, u64>(&b[..b.len() & !7])
+            .map_err(|e| format!("--read-bw: the model mapping is not 8-byte aligned: {e}"))?
+    } else {
+        &[]
+    };
     let tg = if args.n_gen > 0 {
         let mut speeds = Vec::with_capacity(args.repetitions);
         let runs = args.repetitions + usize::from(!args.no_warmup);
@@ -320,12 +336,26 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
             if i >= runs - args.repetitions {
                 speeds.push(args.n_gen as f64 / s);
             }
+            if args.read_bw && !words.is_empty() {
+                for _ in 0..3 {
+                    reads.push(read_gbps(words));
+                }
+            }
         }
         Some(stat(&speeds))
     } else {
         None
     };
 
+    let read_bw = (!reads.is_empty()).then(|| {
+        reads.sort_by(f64::total_cmp);
+        reads[reads.len() / 2]
+    });
+    // Decode's weight bytes per second as a share of the read bandwidth.
+    let tg_pct = match (tg, read_bw) {
+        (Some(t), Some(bw)) => Some(100.0 * t.mean * decode_bytes as f64 / 1e9 / bw),
+        _ => None,
+    };
     let peak_rss = peak_rss_bytes();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     if args.json {
@@ -338,7 +368,7 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
             None => "null".to_string(),
         };
         println!(
-            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"n_depth\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{},\"kv_cache_bytes\":{},\"cache_type_k\":\"{cache_k}\",\"cache_type_v\":\"{cache_v}\"}}",
+            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"n_depth\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{},\"kv_cache_bytes\":{},\"cache_type_k\":\"{cache_k}\",\"cache_type_v\":\"{cache_v}\",\"read_gbps\":{},\"tg_pct_of_read_bw\":{}}}",
             js(pp),
             js(tg),
             json_num(load_s),
@@ -354,6 +384,8 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
             decode_bytes,
             serde_json::Value::String(main_type.clone()),
             st.kv_bytes(),
+            read_bw.map_or_else(|| "null".to_string(), json_num),
+            tg_pct.map_or_else(|| "null".to_string(), json_num),
         );
     } else {
         let model_col = format!("{} {}", model_name, main_type);
@@ -402,8 +434,27 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
             mib(file_bytes),
             mib(st.kv_bytes() as u64)
         );
+        if let (Some(bw), Some(pct)) = (read_bw, tg_pct) {
+            println!(
+                "read bandwidth {bw:.1} GB/s ({threads} threads, the model's mapping, between the tg runs): decode limit {:.1} t/s, tg at {pct:.0}% of it",
+                bw * 1e9 / decode_bytes.max(1) as f64
+            );
+        }
     }
     Ok(())
+}
+
+/// One timed read of `words` by the pool's threads, in GB/s: chunks of 512 KiB summed
+/// with the kernels' streaming loop, as `cargo bench --bench kernels -- read_bandwidth`.
+fn read_gbps(words: &[u64]) -> f64 {
+    use rayon::prelude::*;
+    let t0 = Instant::now();
+    let s = words
+        .par_chunks(1 << 16)
+        .map(qwen::kernels::stream_sum)
+        .reduce(|| 0, u64::wrapping_add);
+    std::hint::black_box(s);
+    (words.len() * 8) as f64 / t0.elapsed().as_secs_f64().max(1e-9) / 1e9
 }
 
 /// A finite number as JSON (null otherwise: JSON has no NaN/Inf).
