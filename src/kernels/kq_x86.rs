@@ -26,7 +26,7 @@ use super::kq::{
     kgemm_shape, ActKGemm, KGemmRows, KGemmType, KqGemm, KqKernels, KQ_GEMM_ROWS, KQ_GEMM_TOKENS,
 };
 use super::kq_generic::{self, scales_mins_k4, scales_q3_k};
-use super::x86::{f16_to_f32 as h2f, hsum};
+use super::x86::{f16_to_f32 as h2f, hsum, L2_AHEAD};
 use core::arch::x86_64::*;
 use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
@@ -112,18 +112,24 @@ static AVX512: KqKernels = KqKernels {
 /// 1536 B 9.7 (our q4_0 file of the same size: 11.5).
 const PREFETCH: usize = 1536;
 
-/// Prefetch the cache lines `PREFETCH` bytes after block `b`: one per 64 bytes of
-/// the block, so consecutive blocks (stride < 256 bytes) cover every line.
+/// Prefetch the cache lines `PREFETCH` bytes after block `b` into L1 and the ones
+/// [`L2_AHEAD`] bytes after it into L2 (as the q4_0… tiles do): one per 64 bytes of
+/// the block, so consecutive blocks (stride < 256 bytes) cover every line. The L2
+/// hint took Qwen2.5-1.5B Q4_K_M decode (2 threads, alternating runs) from
+/// 17.2–17.5 to 21.5–22.3 tok/s (4 KB and 16 KB ahead: within 3% of 8 KB).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn prefetch_block<T>(b: &T) {
     let p = (b as *const T).cast::<i8>().wrapping_add(PREFETCH);
+    let far = (b as *const T).cast::<i8>().wrapping_add(L2_AHEAD);
     let mut off = 0;
     while off < std::mem::size_of::<T>() {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
+        _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(off));
         off += 64;
     }
 }
+
 
 /// 32 bytes at `s[0..32]`.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -194,7 +194,7 @@ fn prefetch_span<const LEN: usize, const HINT: i32>(p: *const i8) {
 /// prefetch alone at 4 KB in between). The L2 hint keeps more lines in flight
 /// than L1 fill buffers allow and crosses the 4 KB pages the hardware streamer
 /// stops at.
-const L2_AHEAD: usize = 8192;
+pub(super) const L2_AHEAD: usize = 8192;
 
 /// Sum of the 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
