@@ -439,6 +439,17 @@ pub fn detect_nfc(path: &Path, norm: Option<&Value>) -> Result<bool> {
     }
 }
 
+/// Whether an added token that is not marked special still gets llama.cpp's CONTROL
+/// type (its converter's `does_token_look_special`): `<|…|>` and `<｜…｜>` forms,
+/// `<unused…>`, and `<pad>`, `<mask>`, `<2mass>`, `[@BOS@]`. Qwen2.5 marks its
+/// `<|fim_prefix|>`… tokens `"special": false`; llama.cpp files have them as control.
+fn looks_special(t: &str) -> bool {
+    matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
+        || (t.starts_with("<|") && t.ends_with("|>"))
+        || (t.starts_with("<｜") && t.ends_with("｜>"))
+        || (t.starts_with("<unused") && t.ends_with('>'))
+}
+
 /// A special-token field of tokenizer_config.json: "text", {"content": "text"} or null.
 fn token_text(v: Option<&Value>) -> Option<&str> {
     match v? {
@@ -535,8 +546,9 @@ fn load_hf(dir: &Path, n_vocab: usize, cfg: &Config) -> Result<Vocab> {
     }
 
     // Added tokens: tokenizer.json `added_tokens`, then any extra ones in
-    // tokenizer_config.json `added_tokens_decoder`. special -> CONTROL,
-    // otherwise USER_DEFINED. They are stored as raw text, as llama.cpp does.
+    // tokenizer_config.json `added_tokens_decoder`. special (or looking special,
+    // see `looks_special`) -> CONTROL, otherwise USER_DEFINED. They are stored as
+    // raw text, as llama.cpp does.
     let tc_path = dir.join("tokenizer_config.json");
     let tc = if tc_path.is_file() {
         Some(read_json(&tc_path)?)
@@ -596,7 +608,7 @@ fn load_hf(dir: &Path, n_vocab: usize, cfg: &Config) -> Result<Vocab> {
                 path.display()
             );
         }
-        let ty = if special {
+        let ty = if special || looks_special(&content) {
             TOKEN_CONTROL
         } else {
             TOKEN_USER_DEFINED

@@ -263,6 +263,7 @@ fn qwen2_tokenizer_keys() {
         assert_eq!((tokens[300], types[300]), ("<|endoftext|>", 3));
         assert_eq!((tokens[302], types[302]), ("<|im_end|>", 3));
         assert_eq!((tokens[303], types[303]), ("<think>", 4));
+        assert_eq!((tokens[304], types[304]), ("<|fim_prefix|>", 3));
         assert_eq!((tokens[259], types[259]), ("[PAD259]", 5));
         assert_eq!((tokens[319], types[319]), ("[PAD319]", 5));
         assert_eq!(types[65], 1);

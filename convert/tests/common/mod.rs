@@ -518,7 +518,8 @@ pub fn gpt2_bytes() -> Vec<char> {
 pub const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Byte-level BPE: 256 byte tokens, 3 merges (ids 256..258), added tokens
-/// 300 <|endoftext|>, 301 <|im_start|>, 302 <|im_end|> (special), 303 <think> (not).
+/// 300 <|endoftext|>, 301 <|im_start|>, 302 <|im_end|> (special), 303 <think> (not),
+/// 304 <|fim_prefix|> (not special, but looks it: llama.cpp makes it CONTROL).
 pub fn tokenizer_json(pair_merges: bool) -> Value {
     let table = gpt2_bytes();
     let mut vocab = serde_json::Map::new();
@@ -540,7 +541,8 @@ pub fn tokenizer_json(pair_merges: bool) -> Value {
     json!({
         "version": "1.0",
         "added_tokens": [added(300, "<|endoftext|>", true), added(301, "<|im_start|>", true),
-                         added(302, "<|im_end|>", true), added(303, "<think>", false)],
+                         added(302, "<|im_end|>", true), added(303, "<think>", false),
+                         added(304, "<|fim_prefix|>", false)],
         "normalizer": {"type": "NFC"},
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": false},
