@@ -82,7 +82,7 @@ static AVX2: Kernels = Kernels {
     f32: avx2_impl::f32,
     f16: avx2_impl::f16,
     bf16: avx2_impl::bf16,
-    gemm: None,
+    gemm: Some(gemm_avx2),
 };
 
 static AVX512: Kernels = Kernels {
@@ -1360,6 +1360,168 @@ fn gemm_avx512(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
     // SAFETY: only reachable through the tables `avx512()` returns after checking
     // AVX2/FMA/F16C and AVX-512 F/BW/VL/VNNI; shapes are checked inside.
     unsafe { gemm_t(w, x, out) }
+}
+
+// ---------------------------------------------------------------------------
+// Prefill GEMM, AVX2 (no `vpdpbusd`): same call shape as `gemm_t`, run as two passes
+// of 4 rows x 8 tokens (one ymm of 8 i32 lanes per row) so that 4 integer and 4
+// float accumulators plus the operands fit in the 16 ymm registers. `maddubs` adds
+// pairs of u8 x i8 products into i16 with saturation, so how far the integer sums
+// may stay in i16 depends on the weight codes' range, found by one scan per call
+// (4 rows x nb blocks, small beside the 16 tokens' work):
+//
+// - |w| <= 8 (q4_0): unsigned operand x + 128 (<= 255), a pair is at most
+//   2 * 255 * 8 = 4080 in size, so all 8 chunks of a block add up in i16
+//   (<= 32640); one `madd` with ones per block widens to i32, plus the row's bias.
+// - |w| <= 16 (q5_0): pairs <= 8160, 4 chunks per i16 sum, two `madd`s per block.
+// - otherwise (q8_0): ggml's sign trick, `maddubs(|w|, sign(x, w))` with the signed
+//   code x (pairs <= 2 * 128 * 127 = 32512), widened to i32 after every chunk; this
+//   is the plain dot, so the bias is not added.
+//
+// Every path gives the exact integer dot per block, scaled and added with one FMA in
+// block order as in `generic::gemm`, so the floats equal the scalar twin's bit for bit.
+
+/// Which integer path a call takes (see above).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GemmCodes {
+    /// Every |code| <= 8.
+    Max8,
+    /// Every |code| <= 16.
+    Max16,
+    /// Anything in -128..=127.
+    Any,
+}
+
+/// The largest |code| of the unpacked rows `q` ([4, nb, 32]), as a [`GemmCodes`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm_codes(q: &[i8]) -> GemmCodes {
+    let mut m = _mm256_setzero_si256();
+    for c in q.chunks_exact(32) {
+        // SAFETY: c is 32 readable bytes; loadu has no alignment need.
+        let v = unsafe { _mm256_loadu_si256(c.as_ptr().cast()) };
+        // abs(-128) is 0x80 = 128 as an unsigned byte: the max stays right.
+        m = _mm256_max_epu8(m, _mm256_abs_epi8(v));
+    }
+    let over = |lim: i8| {
+        let o = _mm256_subs_epu8(m, _mm256_set1_epi8(lim));
+        _mm256_testz_si256(o, o) == 0
+    };
+    if !over(8) {
+        GemmCodes::Max8
+    } else if !over(16) {
+        GemmCodes::Max16
+    } else {
+        GemmCodes::Any
+    }
+}
+
+/// Rows `w` against tokens `8h..8h + 8` of the block `x`: `f[r]` lane t = token
+/// 8h + t's output of row r. `CODES` is a [`GemmCodes`] as u8 (0 = Max8, 1 = Max16,
+/// 2 = Any); the caller has checked the codes fit it.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm_avx2_half<const CODES: u8>(w: &GemmRows, x: &[ActGemm], h: usize) -> [__m256; GEMM_ROWS] {
+    let nb = x.len();
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    let mut f = [_mm256_setzero_ps(); GEMM_ROWS];
+    for (b, xb) in x.iter().enumerate() {
+        // The row's 4 codes of chunk k, broadcast to the 8 token lanes.
+        let codes = |r: usize, k: usize| {
+            // SAFETY: r < 4, b < nb, k < 8: the 4 bytes at (r * nb + b) * 32 + 4k are
+            // inside q (len 4 * nb * 32, checked by gemm_shape in the caller).
+            let c = unsafe {
+                w.q.as_ptr()
+                    .add((r * nb + b) * 32 + 4 * k)
+                    .cast::<i32>()
+                    .read_unaligned()
+            };
+            _mm256_set1_epi32(c)
+        };
+        // Chunk k's 32 bytes of tokens 8h..8h + 8 (x + 128, 4 codes per token).
+        // SAFETY: q[k] is 64 bytes, 64-aligned in an ActGemm; h < 2 so 32h + 32 <= 64.
+        let xk = |k: usize| unsafe { _mm256_load_si256(xb.q[k].as_ptr().add(32 * h).cast()) };
+        let mut acc = [_mm256_setzero_si256(); GEMM_ROWS];
+        match CODES {
+            0 => {
+                let mut s = [_mm256_setzero_si256(); GEMM_ROWS];
+                for k in 0..8 {
+                    let xv = xk(k);
+                    for (r, sr) in s.iter_mut().enumerate() {
+                        *sr = _mm256_add_epi16(*sr, _mm256_maddubs_epi16(xv, codes(r, k)));
+                    }
+                }
+                for (a, sr) in acc.iter_mut().zip(s) {
+                    *a = _mm256_madd_epi16(sr, ones);
+                }
+            }
+            1 => {
+                for k0 in [0, 4] {
+                    let mut s = [_mm256_setzero_si256(); GEMM_ROWS];
+                    for k in k0..k0 + 4 {
+                        let xv = xk(k);
+                        for (r, sr) in s.iter_mut().enumerate() {
+                            *sr = _mm256_add_epi16(*sr, _mm256_maddubs_epi16(xv, codes(r, k)));
+                        }
+                    }
+                    for (a, sr) in acc.iter_mut().zip(s) {
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(sr, ones));
+                    }
+                }
+            }
+            _ => {
+                for k in 0..8 {
+                    // The signed codes: x + 128 with the sign bit flipped back.
+                    let xv = _mm256_xor_si256(xk(k), flip);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let c = codes(r, k);
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xv, c));
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(p, ones));
+                    }
+                }
+            }
+        }
+        // SAFETY: d is 64 bytes at offset 512 (64-aligned) of an ActGemm; 8h + 8 <= 16.
+        let dx = unsafe { _mm256_load_ps(xb.d.as_ptr().add(8 * h)) };
+        for (r, fr) in f.iter_mut().enumerate() {
+            let i = if CODES == 2 {
+                acc[r]
+            } else {
+                _mm256_add_epi32(acc[r], _mm256_set1_epi32(w.bias[r * nb + b]))
+            };
+            let sc = _mm256_mul_ps(_mm256_set1_ps(w.d[r * nb + b]), dx);
+            *fr = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), sc, *fr);
+        }
+    }
+    f
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm_avx2_t(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    super::gemm_shape(w, x.len(), out.len());
+    let codes = gemm_codes(w.q);
+    let mut t = [[0.0f32; GEMM_TOKENS]; GEMM_ROWS];
+    for h in 0..2 {
+        let f = match codes {
+            GemmCodes::Max8 => gemm_avx2_half::<0>(w, x, h),
+            GemmCodes::Max16 => gemm_avx2_half::<1>(w, x, h),
+            GemmCodes::Any => gemm_avx2_half::<2>(w, x, h),
+        };
+        for (r, fr) in f.iter().enumerate() {
+            // SAFETY: t[r][8h..8h + 8] is 8 writable f32; storeu has no alignment need.
+            unsafe { _mm256_storeu_ps(t[r].as_mut_ptr().add(8 * h), *fr) };
+        }
+    }
+    for tok in 0..GEMM_TOKENS {
+        for r in 0..GEMM_ROWS {
+            out[tok * GEMM_ROWS + r] = t[r][tok];
+        }
+    }
+}
+
+fn gemm_avx2(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    // SAFETY: only reachable through the tables `avx2()` / `avx512()` return after
+    // checking AVX2/FMA/F16C; shapes are checked inside.
+    unsafe { gemm_avx2_t(w, x, out) }
 }
 
 // ---------------------------------------------------------------------------
