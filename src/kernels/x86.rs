@@ -4,6 +4,8 @@
 //!   `maddubs(|w|, sign(x, w))` then `madd` with ones (`mul_sum_i8_pairs_float` in
 //!   ggml's `arch/x86/quants.c`); the 4/5-bit types two blocks per step as unsigned
 //!   codes (`maddubs` of both halves, the offset from the pre-summed activations).
+//!   The prefill GEMM: `maddubs` (see `gemm_avx2_half`), or AVX-VNNI's 256-bit
+//!   `vpdpbusd` where the CPU has it (variant `avxvnni`).
 //! - `avx512`: adds AVX-512 F/BW/VL + VNNI. Four blocks per step in two zmm
 //!   registers (see `avx512_impl`), one `vpdpbusd` per register, weights as unsigned
 //!   codes with the offset pre-summed in the activations, q5's fifth bits as mask
@@ -24,12 +26,19 @@ use core::arch::x86_64::*;
 use half::{bf16, f16};
 use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
 
-/// The AVX2 table, if this CPU has AVX2, FMA and F16C.
+/// The AVX2 table, if this CPU has AVX2, FMA and F16C: the variant with the AVX-VNNI
+/// GEMM where the CPU also has AVX-VNNI.
 pub(super) fn avx2() -> Option<&'static Kernels> {
     let ok = is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c");
-    ok.then_some(&AVX2)
+    if !ok {
+        None
+    } else if is_x86_feature_detected!("avxvnni") {
+        Some(&AVX2_VNNI)
+    } else {
+        Some(&AVX2)
+    }
 }
 
 /// Whether this CPU has AVX2/FMA/F16C and AVX-512 F, BW, VL and VNNI.
@@ -83,6 +92,13 @@ static AVX2: Kernels = Kernels {
     f16: avx2_impl::f16,
     bf16: avx2_impl::bf16,
     gemm: Some(gemm_avx2),
+};
+
+/// [`AVX2`] with the prefill GEMM on AVX-VNNI's `vpdpbusd` (same results).
+static AVX2_VNNI: Kernels = Kernels {
+    variant: "avxvnni",
+    gemm: Some(gemm_avxvnni),
+    ..AVX2
 };
 
 static AVX512: Kernels = Kernels {
@@ -1525,6 +1541,71 @@ fn gemm_avx2(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
 }
 
 // ---------------------------------------------------------------------------
+// Prefill GEMM with AVX-VNNI (the VEX-coded `vpdpbusd` of Alder Lake / Sapphire Rapids
+// and later): as `gemm_avx2_half` but one `vpdpbusd` per row and chunk, which adds
+// the 4 u8 x i8 products into i32 without saturation, so any codes and the bias as
+// the starting value (as `gemm_t` does 16 tokens wide).
+
+/// Rows `w` against tokens `8h..8h + 8` of the block `x` (see [`gemm_avx2_half`]).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+fn gemm_vnni_half(w: &GemmRows, x: &[ActGemm], h: usize) -> [__m256; GEMM_ROWS] {
+    let nb = x.len();
+    let mut f = [_mm256_setzero_ps(); GEMM_ROWS];
+    for (b, xb) in x.iter().enumerate() {
+        let mut acc = [_mm256_setzero_si256(); GEMM_ROWS];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_set1_epi32(w.bias[r * nb + b]);
+        }
+        for k in 0..8 {
+            // SAFETY: q[k] is 64 bytes, 64-aligned in an ActGemm; h < 2 so 32h + 32 <= 64.
+            let xv = unsafe { _mm256_load_si256(xb.q[k].as_ptr().add(32 * h).cast()) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: r < 4, b < nb, k < 8: the 4 bytes at (r * nb + b) * 32 + 4k are
+                // inside q (len 4 * nb * 32, checked by gemm_shape in the caller).
+                let c = unsafe {
+                    w.q.as_ptr()
+                        .add((r * nb + b) * 32 + 4 * k)
+                        .cast::<i32>()
+                        .read_unaligned()
+                };
+                *a = _mm256_dpbusd_avx_epi32(*a, xv, _mm256_set1_epi32(c));
+            }
+        }
+        // SAFETY: d is 64 bytes at offset 512 (64-aligned) of an ActGemm; 8h + 8 <= 16.
+        let dx = unsafe { _mm256_load_ps(xb.d.as_ptr().add(8 * h)) };
+        for (r, fr) in f.iter_mut().enumerate() {
+            let sc = _mm256_mul_ps(_mm256_set1_ps(w.d[r * nb + b]), dx);
+            *fr = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), sc, *fr);
+        }
+    }
+    f
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+fn gemm_vnni_t(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    super::gemm_shape(w, x.len(), out.len());
+    let mut t = [[0.0f32; GEMM_TOKENS]; GEMM_ROWS];
+    for h in 0..2 {
+        let f = gemm_vnni_half(w, x, h);
+        for (r, fr) in f.iter().enumerate() {
+            // SAFETY: t[r][8h..8h + 8] is 8 writable f32; storeu has no alignment need.
+            unsafe { _mm256_storeu_ps(t[r].as_mut_ptr().add(8 * h), *fr) };
+        }
+    }
+    for tok in 0..GEMM_TOKENS {
+        for r in 0..GEMM_ROWS {
+            out[tok * GEMM_ROWS + r] = t[r][tok];
+        }
+    }
+}
+
+fn gemm_avxvnni(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+    // SAFETY: only reachable through the table `avx2()` returns after checking
+    // AVX2/FMA/F16C and AVX-VNNI; shapes are checked inside.
+    unsafe { gemm_vnni_t(w, x, out) }
+}
+
+// ---------------------------------------------------------------------------
 // Activation quantizer, bit-identical to `generic::quantize_q8` for finite input
 // (ggml's `_ref` rounding: d = amax/127, q = round-half-away(x/d), not the
 // round-half-even of ggml's own AVX2 quantizer).
@@ -1660,4 +1741,81 @@ fn stream_sum_t(v: &[u64]) -> u64 {
 pub(super) fn stream_sum(v: &[u64]) -> Option<u64> {
     // SAFETY: the features stream_sum_t is compiled with were just detected.
     avx2().map(|_| unsafe { stream_sum_t(v) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a CPU with AVX-VNNI the avx2 table holds the VNNI GEMM, so the plain one is
+    /// not reached through `kernels::variants`: both held against the scalar twin here,
+    /// bit for bit, at every code range `gemm_codes` tells apart and its edges (all
+    /// codes at the end of the range, activations all at +-127).
+    #[test]
+    fn avx2_gemms_match_scalar_twin() {
+        if avx2().is_none() {
+            eprintln!("no AVX2/FMA/F16C: skipped");
+            return;
+        }
+        let mut gemms: Vec<(&str, crate::kernels::GemmFn)> = vec![("avx2", gemm_avx2)];
+        if is_x86_feature_detected!("avxvnni") {
+            gemms.push(("avxvnni", gemm_avxvnni));
+        }
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let nb = 11;
+        for lim in [7i32, 8, 9, 15, 16, 17, 127, 128] {
+            for edge in [None, Some(-1i32), Some(1)] {
+                let q: Vec<i8> = (0..GEMM_ROWS * nb * 32)
+                    .map(|_| match edge {
+                        None => (next() % (2 * lim as u32 + 1)) as i32 - lim,
+                        Some(s) => s * lim,
+                    })
+                    .map(|c| c.clamp(-128, 127) as i8)
+                    .collect();
+                let bias: Vec<i32> = q
+                    .chunks(32)
+                    .map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>())
+                    .collect();
+                let d: Vec<f32> = (0..GEMM_ROWS * nb)
+                    .map(|_| (next() % 2001) as f32 * 1e-4 - 0.1)
+                    .collect();
+                let w = GemmRows {
+                    q: &q,
+                    bias: &bias,
+                    d: &d,
+                };
+                for x_edge in [None, Some(1u8), Some(255u8)] {
+                    let mut x = vec![ActGemm::default(); nb];
+                    for xb in &mut x {
+                        for row in &mut xb.q {
+                            // Codes -127..=127 plus 128, as the quantizer makes them.
+                            row.iter_mut()
+                                .for_each(|v| *v = x_edge.unwrap_or(1 + (next() % 255) as u8));
+                        }
+                        xb.d.iter_mut()
+                            .for_each(|v| *v = (next() % 1001) as f32 * 1e-5);
+                    }
+                    let mut want = [0.0f32; GEMM_ROWS * GEMM_TOKENS];
+                    generic::gemm(&w, &x, &mut want);
+                    for (name, g) in &gemms {
+                        let mut got = [0.0f32; GEMM_ROWS * GEMM_TOKENS];
+                        g(&w, &x, &mut got);
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{name} gemm, codes |{lim}| edge {edge:?}, acts {x_edge:?}: \
+                             {got:?} vs {want:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
