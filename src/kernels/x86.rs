@@ -4,7 +4,7 @@
 //!   `maddubs(|w|, sign(x, w))` then `madd` with ones (`mul_sum_i8_pairs_float` in
 //!   ggml's `arch/x86/quants.c`); the 4/5-bit types two blocks per step as unsigned
 //!   codes (`maddubs` of both halves, the offset from the pre-summed activations).
-//!   The prefill GEMM: `maddubs` (see `gemm_avx2_codes`), or AVX-VNNI's 256-bit
+//!   The prefill GEMM: `maddubs` (see `gemm_avx2_t`), or AVX-VNNI's 256-bit
 //!   `vpdpbusd` where the CPU has it (variant `avxvnni`).
 //! - `avx512`: adds AVX-512 F/BW/VL + VNNI. Four blocks per step in two zmm
 //!   registers (see `avx512_impl`), one `vpdpbusd` per register, weights as unsigned
@@ -1379,14 +1379,12 @@ fn gemm_avx512(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
 }
 
 // ---------------------------------------------------------------------------
-// Prefill GEMM, AVX2 (no `vpdpbusd`): same call shape as `gemm_t`, the 16 tokens in
-// two ymm of 8 i32 lanes per row: 8 integer sums and the operands stay in the 16 ymm
-// registers, the 8 float sums (touched once per block) may spill. (Two passes of 8
-// tokens, all in registers, measured no faster: this is bound by the integer
-// multiply-adds, and 16 tokens at once share each `abs` of the codes.) `maddubs` adds
-// pairs of u8 x i8 products into i16 with saturation, so how far the integer sums
-// may stay in i16 depends on the weight codes' range, found by one scan per call
-// (4 rows x nb blocks, small beside the 16 tokens' work):
+// Prefill GEMM, AVX2 (no `vpdpbusd`): same call shape as `gemm_t`, 8 tokens per ymm
+// of 8 i32 lanes (two passes of 4 rows x 8 tokens, or one of 4 x 16: each path says
+// which measured faster). `maddubs` adds pairs of u8 x i8 products into i16 with
+// saturation, so how far the integer sums may stay in i16 depends on the weight
+// codes' range, found by one scan per call (4 rows x nb blocks, small beside the 16
+// tokens' work):
 //
 // - |w| <= 8 (q4_0): unsigned operand x + 128 (<= 255), a pair is at most
 //   2 * 255 * 8 = 4080 in size, so all 8 chunks of a block add up in i16
@@ -1433,74 +1431,91 @@ fn gemm_codes(q: &[i8]) -> GemmCodes {
     }
 }
 
-/// The GEMM of `gemm_avx2` for codes that fit `CODES`, a [`GemmCodes`] as u8 (0 =
-/// Max8, 1 = Max16, 2 = Any); the caller has checked that they do.
+/// Rows `w` against tokens `8h..8h + 8` of the block `x` for small codes: `RUN`
+/// chunks per i16 sum, 8 for |w| <= 8, 4 for |w| <= 16 (the caller has checked the
+/// codes). Returns `f[r]` lane t = row r, token 8h + t. (Two passes of 8 tokens, all
+/// sums in registers, measured 25% faster in prefill than 16 tokens per pass.)
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gemm_avx2_codes<const CODES: u8>(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
+fn gemm_avx2_i16<const RUN: usize>(w: &GemmRows, x: &[ActGemm], h: usize) -> [__m256; GEMM_ROWS] {
+    let nb = x.len();
+    let ones = _mm256_set1_epi16(1);
+    let mut f = [_mm256_setzero_ps(); GEMM_ROWS];
+    for (b, xb) in x.iter().enumerate() {
+        let mut acc = [_mm256_setzero_si256(); GEMM_ROWS];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_set1_epi32(w.bias[r * nb + b]);
+        }
+        for k0 in (0..8).step_by(RUN) {
+            let mut s = [_mm256_setzero_si256(); GEMM_ROWS];
+            for k in k0..k0 + RUN {
+                // Chunk k's 32 bytes of tokens 8h..8h + 8 (x + 128, 4 codes per token).
+                // SAFETY: q[k] is 64 bytes, 64-aligned in an ActGemm; h < 2 so
+                // 32h + 32 <= 64.
+                let xv = unsafe { _mm256_load_si256(xb.q[k].as_ptr().add(32 * h).cast()) };
+                for (r, sr) in s.iter_mut().enumerate() {
+                    // SAFETY: r < 4, b < nb, k < 8; shapes checked by gemm_shape.
+                    let c = unsafe { gemm_codes4(w, nb, r, b, k) };
+                    *sr = _mm256_add_epi16(*sr, _mm256_maddubs_epi16(xv, c));
+                }
+            }
+            for (a, sr) in acc.iter_mut().zip(s) {
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(sr, ones));
+            }
+        }
+        // SAFETY: d is 64 bytes at offset 512 (64-aligned) of an ActGemm; 8h + 8 <= 16.
+        let dx = unsafe { _mm256_load_ps(xb.d.as_ptr().add(8 * h)) };
+        for (r, fr) in f.iter_mut().enumerate() {
+            let sc = _mm256_mul_ps(_mm256_set1_ps(w.d[r * nb + b]), dx);
+            *fr = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), sc, *fr);
+        }
+    }
+    f
+}
+
+/// Row `r`'s 4 codes of block `b`, chunk `k` of the rows `w` ([4, nb, 32]), broadcast
+/// to the 8 i32 lanes.
+///
+/// # Safety
+/// `(r * nb + b) * 32 + 4k + 4 <= w.q.len()`: true for r < 4, b < nb, k < 8 once
+/// `gemm_shape` has checked the GEMM's shapes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn gemm_codes4(w: &GemmRows, nb: usize, r: usize, b: usize, k: usize) -> __m256i {
+    let i = (r * nb + b) * 32 + 4 * k;
+    debug_assert!(i + 4 <= w.q.len());
+    // SAFETY: the caller guarantees the 4 bytes at i are inside q.
+    let c = unsafe { w.q.as_ptr().add(i).cast::<i32>().read_unaligned() };
+    _mm256_set1_epi32(c)
+}
+
+/// Rows `w` against the 16 tokens of the block `x` for any codes, with the sign
+/// trick. Returns `f[r][h]` lane t = row r, token 8h + t. (16 tokens per pass share
+/// each `abs` of the codes: 20% faster than two passes of 8.)
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm_avx2_signed(w: &GemmRows, x: &[ActGemm]) -> [[__m256; 2]; GEMM_ROWS] {
     let nb = x.len();
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
-    // f[r][h] lane t: row r, token 8h + t.
     let mut f = [[_mm256_setzero_ps(); 2]; GEMM_ROWS];
     for (b, xb) in x.iter().enumerate() {
-        // The row's 4 codes of chunk k, broadcast to the 8 token lanes.
-        let codes = |r: usize, k: usize| {
-            // SAFETY: r < 4, b < nb, k < 8: the 4 bytes at (r * nb + b) * 32 + 4k are
-            // inside q (len 4 * nb * 32, checked by gemm_shape in the caller).
-            let c = unsafe {
-                w.q.as_ptr()
-                    .add((r * nb + b) * 32 + 4 * k)
-                    .cast::<i32>()
-                    .read_unaligned()
-            };
-            _mm256_set1_epi32(c)
-        };
-        // Chunk k's bytes of tokens 0..8 and 8..16 (x + 128, 4 codes per token).
-        // SAFETY: q[k] is 64 bytes, 64-aligned in an ActGemm.
-        let xk = |k: usize| unsafe {
-            [
-                _mm256_load_si256(xb.q[k].as_ptr().cast()),
-                _mm256_load_si256(xb.q[k].as_ptr().add(32).cast()),
-            ]
-        };
         let mut acc = [[_mm256_setzero_si256(); 2]; GEMM_ROWS];
-        match CODES {
-            0 | 1 => {
-                // i16 sums over 8 chunks (Max8) or two runs of 4 (Max16).
-                let run = if CODES == 0 { 8 } else { 4 };
-                for k0 in (0..8).step_by(run) {
-                    let mut s = [[_mm256_setzero_si256(); 2]; GEMM_ROWS];
-                    for k in k0..k0 + run {
-                        let xv = xk(k);
-                        for (r, sr) in s.iter_mut().enumerate() {
-                            let c = codes(r, k);
-                            sr[0] = _mm256_add_epi16(sr[0], _mm256_maddubs_epi16(xv[0], c));
-                            sr[1] = _mm256_add_epi16(sr[1], _mm256_maddubs_epi16(xv[1], c));
-                        }
-                    }
-                    for (a, sr) in acc.iter_mut().zip(s) {
-                        a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(sr[0], ones));
-                        a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(sr[1], ones));
-                    }
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let bias = _mm256_set1_epi32(w.bias[r * nb + b]);
-                    *a = [_mm256_add_epi32(a[0], bias), _mm256_add_epi32(a[1], bias)];
-                }
-            }
-            _ => {
-                for k in 0..8 {
-                    // The signed codes: x + 128 with the sign bit flipped back.
-                    let [x0, x1] = xk(k);
-                    let xv = [_mm256_xor_si256(x0, flip), _mm256_xor_si256(x1, flip)];
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let c = codes(r, k);
-                        let u = _mm256_abs_epi8(c);
-                        for h in 0..2 {
-                            let p = _mm256_maddubs_epi16(u, _mm256_sign_epi8(xv[h], c));
-                            a[h] = _mm256_add_epi32(a[h], _mm256_madd_epi16(p, ones));
-                        }
-                    }
+        for k in 0..8 {
+            // Chunk k's bytes of tokens 0..8 and 8..16 as signed codes (x + 128 with
+            // the sign bit flipped back).
+            // SAFETY: q[k] is 64 bytes, 64-aligned in an ActGemm.
+            let xv = unsafe {
+                [
+                    _mm256_xor_si256(_mm256_load_si256(xb.q[k].as_ptr().cast()), flip),
+                    _mm256_xor_si256(_mm256_load_si256(xb.q[k].as_ptr().add(32).cast()), flip),
+                ]
+            };
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: r < 4, b < nb, k < 8; shapes checked by gemm_shape.
+                let c = unsafe { gemm_codes4(w, nb, r, b, k) };
+                let u = _mm256_abs_epi8(c);
+                for h in 0..2 {
+                    let p = _mm256_maddubs_epi16(u, _mm256_sign_epi8(xv[h], c));
+                    a[h] = _mm256_add_epi32(a[h], _mm256_madd_epi16(p, ones));
                 }
             }
         }
@@ -1519,7 +1534,7 @@ fn gemm_avx2_codes<const CODES: u8>(w: &GemmRows, x: &[ActGemm], out: &mut [f32]
             }
         }
     }
-    gemm_store(&f, out);
+    f
 }
 
 /// Writes `f` (`f[r][h]` lane t = row r, token 8h + t) to `out` ([16, 4]).
@@ -1542,11 +1557,24 @@ fn gemm_store(f: &[[__m256; 2]; GEMM_ROWS], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm_avx2_t(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
     super::gemm_shape(w, x.len(), out.len());
-    match gemm_codes(w.q) {
-        GemmCodes::Max8 => gemm_avx2_codes::<0>(w, x, out),
-        GemmCodes::Max16 => gemm_avx2_codes::<1>(w, x, out),
-        GemmCodes::Any => gemm_avx2_codes::<2>(w, x, out),
-    }
+    let codes = gemm_codes(w.q);
+    let f = if codes == GemmCodes::Any {
+        gemm_avx2_signed(w, x)
+    } else {
+        let mut f = [[_mm256_setzero_ps(); 2]; GEMM_ROWS];
+        for h in 0..2 {
+            let fh = if codes == GemmCodes::Max8 {
+                gemm_avx2_i16::<8>(w, x, h)
+            } else {
+                gemm_avx2_i16::<4>(w, x, h)
+            };
+            for (fr, v) in f.iter_mut().zip(fh) {
+                fr[h] = v;
+            }
+        }
+        f
+    };
+    gemm_store(&f, out);
 }
 
 fn gemm_avx2(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
@@ -1557,10 +1585,11 @@ fn gemm_avx2(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
 
 // ---------------------------------------------------------------------------
 // Prefill GEMM with AVX-VNNI (the VEX-coded `vpdpbusd` of Alder Lake / Sapphire Rapids
-// and later): as `gemm_avx2_codes` but one `vpdpbusd` per row, chunk and 8 tokens,
+// and later): as `gemm_avx2_signed` but one `vpdpbusd` per row, chunk and 8 tokens,
 // which adds the 4 u8 x i8 products into i32 without saturation, so any codes, with
 // the bias as the starting value (as `gemm_t` does 16 tokens wide). 16 tokens per
-// pass measured 14% faster than two passes of 8 (half the code broadcasts).
+// pass measured 14% faster alone (nb = 28) than two passes of 8 (half the code
+// broadcasts), the same in prefill.
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 fn gemm_vnni_t(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
@@ -1581,15 +1610,8 @@ fn gemm_vnni_t(w: &GemmRows, x: &[ActGemm], out: &mut [f32]) {
                 ]
             };
             for (r, a) in acc.iter_mut().enumerate() {
-                // SAFETY: r < 4, b < nb, k < 8: the 4 bytes at (r * nb + b) * 32 + 4k are
-                // inside q (len 4 * nb * 32, checked by gemm_shape).
-                let c = unsafe {
-                    w.q.as_ptr()
-                        .add((r * nb + b) * 32 + 4 * k)
-                        .cast::<i32>()
-                        .read_unaligned()
-                };
-                let c = _mm256_set1_epi32(c);
+                // SAFETY: r < 4, b < nb, k < 8; shapes checked by gemm_shape.
+                let c = unsafe { gemm_codes4(w, nb, r, b, k) };
                 a[0] = _mm256_dpbusd_avx_epi32(a[0], xv[0], c);
                 a[1] = _mm256_dpbusd_avx_epi32(a[1], xv[1], c);
             }
