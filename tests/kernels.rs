@@ -883,6 +883,61 @@ fn gemm_matches_scalar_twin() {
     }
 }
 
+/// The GEMM at the edges of each weight code range the kernels special-case (AVX2
+/// keeps sums in i16 for |code| <= 8 and <= 16): random codes within the range, and
+/// every code at the range's end against activations all at +127 or -127 (the
+/// largest partial sums), bit for bit against the scalar twin.
+#[test]
+fn gemm_code_ranges_match_scalar_twin() {
+    let mut rng = Rng(47);
+    let nb = 9;
+    let mut cases: Vec<(String, Vec<i8>, Vec<f32>)> = Vec::new();
+    for lim in [7i32, 8, 15, 16, 127, 128] {
+        let span = 2 * lim as u64 + 1;
+        let q: Vec<i8> = (0..4 * nb * 32)
+            .map(|_| ((rng.next() % span) as i32 - lim).clamp(-128, 127) as i8)
+            .collect();
+        cases.push((
+            format!("random |code| <= {lim}"),
+            q,
+            acts(&mut rng, 16 * nb * QK),
+        ));
+        for (edge, x) in [(-lim, 1.0f32), (lim, 1.0), (-lim, -1.0), (lim, -1.0)] {
+            let q = vec![edge.clamp(-128, 127) as i8; 4 * nb * 32];
+            cases.push((format!("codes {edge}, acts {x}"), q, vec![x; 16 * nb * QK]));
+        }
+    }
+    for (what, q, x) in cases {
+        let bias: Vec<i32> = q
+            .chunks(32)
+            .map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        let d: Vec<f32> = (0..4 * nb).map(|_| rng.f() * 0.05).collect();
+        let w = kernels::GemmRows {
+            q: &q,
+            bias: &bias,
+            d: &d,
+        };
+        let xq = quantize_rows(&generic::SCALAR, &x, 16);
+        let mut gx = vec![kernels::ActGemm::default(); nb];
+        kernels::gemm_acts(&xq, 16, &mut gx);
+        let mut want = vec![0.0f32; 64];
+        generic::gemm(&w, &gx, &mut want);
+        for k in levels() {
+            if let Some(g) = k.gemm {
+                let mut got = vec![0.0f32; 64];
+                g(&w, &gx, &mut got);
+                assert!(
+                    bits(&got) == bits(&want),
+                    "{} {} gemm, {what}: differs from the scalar twin",
+                    k.name,
+                    k.variant
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn qmatrix_rejects_bad_shapes() {
     let data = vec![0u8; 18 * 4];
