@@ -211,26 +211,44 @@ fn depth_and_llama_bench_model_flag() {
 #[test]
 fn read_bandwidth_between_tg_runs() {
     let m = tiny("read_bandwidth_between_tg_runs");
-    let v = json(&bench(&m, &["-p", "0", "-n", "4", "-r", "2", "--read-bw", "--json"]));
-    let bw = v["read_gbps"].as_f64().unwrap_or_else(|| panic!("read_gbps: {v}"));
+    let v = json(&bench(
+        &m,
+        &["-p", "0", "-n", "4", "-r", "2", "--read-bw", "--json"],
+    ));
+    let bw = v["read_gbps"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("read_gbps: {v}"));
     let pct = v["tg_pct_of_read_bw"]
         .as_f64()
         .unwrap_or_else(|| panic!("tg_pct_of_read_bw: {v}"));
     assert!(bw.is_finite() && bw > 0.0, "{v}");
     let bytes = v["decode_bytes_per_token"].as_f64().expect("decode bytes");
     let want = 100.0 * speed(&v, "tg") * bytes / 1e9 / bw;
-    assert!((pct - want).abs() <= 1e-6 * want.max(1.0), "{pct} vs {want}: {v}");
+    assert!(
+        (pct - want).abs() <= 1e-6 * want.max(1.0),
+        "{pct} vs {want}: {v}"
+    );
 
     let plain = json(&bench(&m, &["-p", "0", "-n", "4", "-r", "1", "--json"]));
-    assert!(plain["read_gbps"].is_null() && plain["tg_pct_of_read_bw"].is_null(), "{plain}");
-    let no_tg = json(&bench(&m, &["-p", "4", "-n", "0", "-r", "1", "--read-bw", "--json"]));
-    assert!(no_tg["read_gbps"].is_null() && no_tg["tg_pct_of_read_bw"].is_null(), "{no_tg}");
+    assert!(
+        plain["read_gbps"].is_null() && plain["tg_pct_of_read_bw"].is_null(),
+        "{plain}"
+    );
+    let no_tg = json(&bench(
+        &m,
+        &["-p", "4", "-n", "0", "-r", "1", "--read-bw", "--json"],
+    ));
+    assert!(
+        no_tg["read_gbps"].is_null() && no_tg["tg_pct_of_read_bw"].is_null(),
+        "{no_tg}"
+    );
 
     let o = bench(&m, &["-p", "0", "-n", "4", "-r", "1", "--read-bw"]);
     ok(&o, "qwen-bench --read-bw");
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        text.lines().any(|l| l.starts_with("read bandwidth ") && l.contains("% of it")),
+        text.lines()
+            .any(|l| l.starts_with("read bandwidth ") && l.contains("% of it")),
         "{text}"
     );
 }

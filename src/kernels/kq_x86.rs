@@ -130,7 +130,6 @@ fn prefetch_block<T>(b: &T) {
     }
 }
 
-
 /// 32 bytes at `s[0..32]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]

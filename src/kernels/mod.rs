@@ -268,6 +268,8 @@ pub fn table(level: &str) -> Option<&'static Kernels> {
 pub fn variants(level: &str) -> Vec<&'static Kernels> {
     match level {
         #[cfg(target_arch = "x86_64")]
+        "avx2" => x86::avx2_variants(),
+        #[cfg(target_arch = "x86_64")]
         "avx512" => x86::avx512_variants(),
         _ => table(level).into_iter().collect(),
     }

@@ -41,6 +41,16 @@ pub(super) fn avx2() -> Option<&'static Kernels> {
     }
 }
 
+/// Every variant of the AVX2 level this CPU runs, worst first (tests cover each): the
+/// plain table, and the AVX-VNNI one where the CPU has it.
+pub(super) fn avx2_variants() -> Vec<&'static Kernels> {
+    match avx2() {
+        None => vec![],
+        Some(t) if std::ptr::eq(t, &AVX2_VNNI) => vec![&AVX2, &AVX2_VNNI],
+        Some(t) => vec![t],
+    }
+}
+
 /// Whether this CPU has AVX2/FMA/F16C and AVX-512 F, BW, VL and VNNI.
 fn has_avx512_vnni() -> bool {
     avx2().is_some()
