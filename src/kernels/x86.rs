@@ -348,16 +348,39 @@ macro_rules! float_tiles_256 {
     };
 }
 
-/// A multi-row quantized tile from the one-row tile `$inner`: rows one after another.
+/// Safe entry over the quantized tile `$inner::<R, NT>`: four rows at once, fewer one
+/// by one (each row's float operations are the same either way, so results do not
+/// depend on how rows are split); 1..=4 tokens.
 macro_rules! wrap_q_rows {
-    ($name:ident, $one:ident, $inner:ident, $w:ty, $max:expr) => {
-        wrap_tile!($one, $inner, $w, ActQ8x4, $max, act_groups);
-
+    ($name:ident, $inner:ident, $w:ty) => {
         pub(super) fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
-            let (nb, nt) = super::super::q_tile_shape(w.len(), rows, x.len(), out.len(), $max);
-            let mut col = [0.0f32; super::super::MAX_TILE_TOKENS];
+            let (nb, nt) = super::super::q_tile_shape(w.len(), rows, x.len(), out.len(), 4);
+            if rows == 4 {
+                // SAFETY: only reachable through a table returned by `avx2()` / `avx512()`,
+                // which checked every feature `$inner` is compiled with; shapes checked
+                // above (and again inside).
+                unsafe {
+                    match nt {
+                        1 => $inner::<4, 1>(w, x, out),
+                        2 => $inner::<4, 2>(w, x, out),
+                        3 => $inner::<4, 3>(w, x, out),
+                        _ => $inner::<4, 4>(w, x, out),
+                    }
+                }
+                return;
+            }
+            let mut col = [0.0f32; 4];
             for r in 0..rows {
-                $one(&w[r * nb..(r + 1) * nb], x, &mut col[..nt]);
+                let (wr, o) = (&w[r * nb..(r + 1) * nb], &mut col[..nt]);
+                // SAFETY: as above.
+                unsafe {
+                    match nt {
+                        1 => $inner::<1, 1>(wr, x, o),
+                        2 => $inner::<1, 2>(wr, x, o),
+                        3 => $inner::<1, 3>(wr, x, o),
+                        _ => $inner::<1, 4>(wr, x, o),
+                    }
+                }
                 for t in 0..nt {
                     out[t * rows + r] = col[t];
                 }
@@ -528,27 +551,66 @@ fn act_block(g: &ActQ8x4, b: usize) -> __m256i {
 mod avx2_impl {
     use super::*;
 
+    /// Prefetch for the `R`-row tiles of `LEN`-byte steps at `p`: one row alone reads
+    /// `PREFETCH` / `L2_AHEAD` bytes ahead ([`prefetch`]); four rows read the same step
+    /// of the next tile (the rows after these, next in memory) into L1 and of the
+    /// tile `far` bytes on (whole tiles, >= `L2_AHEAD`) into L2, as the AVX-512
+    /// group tile does.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn prefetch_rows<const R: usize, const LEN: usize>(p: *const i8, ahead: usize, far: usize) {
+        if R == 1 {
+            prefetch(p);
+        } else {
+            prefetch_span::<LEN, _MM_HINT_T0>(p.wrapping_add(ahead));
+            prefetch_span::<LEN, _MM_HINT_T1>(p.wrapping_add(far));
+        }
+    }
+
+    /// `R` weight rows x `NT` tokens, one block per step. `w`: [R, nb], `x`: [NT,
+    /// act_groups(nb)], `out[t * R + r]`. Each row's block is unpacked once, each
+    /// token's activations loaded once.
     macro_rules! signed_tile {
         ($inner:ident, $w:ty, $unpack:expr) => {
             #[target_feature(enable = "avx2,fma,f16c")]
-            fn $inner<const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
-                let ng = act_groups(w.len());
-                let mut acc = [_mm256_setzero_ps(); NT];
-                for (i, wb) in w.iter().enumerate() {
-                    prefetch(wb);
+            fn $inner<const R: usize, const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
+                let nb = w.len() / R;
+                let ng = act_groups(nb);
+                assert!(w.len() == R * nb && x.len() == NT * ng && out.len() == R * NT);
+                let mut acc = [[_mm256_setzero_ps(); NT]; R];
+                let tile = R * nb * std::mem::size_of::<$w>();
+                let (ahead, far) = (tile, tile * L2_AHEAD.div_ceil(tile.max(1)));
+                for i in 0..nb {
                     let (gi, b) = (i / 4, i % 4);
-                    let q = $unpack(wb);
-                    let aq = _mm256_abs_epi8(q);
-                    let dw = splat_f16(wb.d);
+                    let mut q = [_mm256_setzero_si256(); R];
+                    let mut aq = [_mm256_setzero_si256(); R];
+                    let mut dw = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        let wb = &w[r * nb + i];
+                        prefetch_rows::<R, { std::mem::size_of::<$w>() }>(
+                            (wb as *const $w).cast(),
+                            ahead,
+                            far,
+                        );
+                        q[r] = $unpack(wb);
+                        aq[r] = _mm256_abs_epi8(q[r]);
+                        dw[r] = splat_f16(wb.d);
+                    }
                     for t in 0..NT {
                         let g = &x[t * ng + gi];
-                        let p = dot_us_avx2(aq, _mm256_sign_epi8(act_block(g, b), q));
-                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(g.d[b]));
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[t]);
+                        let y = act_block(g, b);
+                        let dy = _mm256_set1_ps(g.d[b]);
+                        for r in 0..R {
+                            let p = dot_us_avx2(aq[r], _mm256_sign_epi8(y, q[r]));
+                            let d = _mm256_mul_ps(dw[r], dy);
+                            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r][t]);
+                        }
                     }
                 }
                 for t in 0..NT {
-                    out[t] = hsum(acc[t]);
+                    for r in 0..R {
+                        out[t * R + r] = hsum(acc[r][t]);
+                    }
                 }
             }
         };
@@ -593,65 +655,93 @@ mod avx2_impl {
     /// for q4_1/q5_1. Blocks past the last group of four go through the scalar twin.
     macro_rules! pair_tile {
         ($inner:ident, $w:ty, $codes:expr, $tail:path, bias = $shift:tt, m = $m:tt) => {
+            /// `R` weight rows x `NT` tokens. `w`: [R, nb], `x`: [NT, act_groups(nb)],
+            /// `out[t * R + r]`. Each row's pair of blocks is unpacked once, each
+            /// token's activations loaded once.
             #[target_feature(enable = "avx2,fma,f16c")]
-            fn $inner<const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
-                let nb = w.len();
+            fn $inner<const R: usize, const NT: usize>(w: &[$w], x: &[ActQ8x4], out: &mut [f32]) {
+                let nb = w.len() / R;
                 let ng = act_groups(nb);
                 let full = nb / 4;
-                let mut acc = [_mm256_setzero_ps(); NT];
+                assert!(w.len() == R * nb && x.len() == NT * ng && out.len() == R * NT);
+                let mut acc = [[_mm256_setzero_ps(); NT]; R];
                 #[allow(unused_mut)] // only the m-offset types add to it
-                let mut ms = [0.0f32; NT];
+                let mut ms = [[0.0f32; NT]; R];
                 let ones = _mm256_set1_epi16(1);
                 let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+                let tile = R * nb * std::mem::size_of::<$w>();
+                let (ahead, far) = (tile, tile * L2_AHEAD.div_ceil(tile.max(1)));
                 for i in (0..full * 4).step_by(2) {
-                    let (wa, wb) = (&w[i], &w[i + 1]);
-                    prefetch(wa);
                     let (gi, p) = (i / 4, (i % 4) / 2);
-                    let (lo, hi): (__m256i, __m256i) = $codes(wa, wb);
-                    let dw = _mm_cvtph_ps(_mm_cvtsi32_si128((wa.d.to_bits() as u32 | (wb.d.to_bits() as u32) << 16) as i32));
-                    #[allow(unused_variables)]
-                    let (ma, mb) = pair_tile!(@m_load $m, wa, wb);
+                    let mut lo = [_mm256_setzero_si256(); R];
+                    let mut hi = [_mm256_setzero_si256(); R];
+                    let mut dw = [_mm_setzero_ps(); R];
+                    #[allow(unused_variables, unused_mut)]
+                    let mut mw = [(0.0f32, 0.0f32); R];
+                    for r in 0..R {
+                        let (wa, wb) = (&w[r * nb + i], &w[r * nb + i + 1]);
+                        prefetch_rows::<R, { 2 * std::mem::size_of::<$w>() }>(
+                            (wa as *const $w).cast(),
+                            ahead,
+                            far,
+                        );
+                        (lo[r], hi[r]) = $codes(wa, wb);
+                        dw[r] = _mm_cvtph_ps(_mm_cvtsi32_si128((wa.d.to_bits() as u32 | (wb.d.to_bits() as u32) << 16) as i32));
+                        mw[r] = pair_tile!(@m_load $m, wa, wb);
+                    }
                     for t in 0..NT {
                         let g = &x[t * ng + gi];
                         let (ylo, yhi) = (&g.lo[32 * p..32 * p + 32], &g.hi[32 * p..32 * p + 32]);
                         // SAFETY: ylo and yhi are 32 readable bytes each.
                         let (ylo, yhi) = unsafe { (_mm256_loadu_si256(ylo.as_ptr().cast()), _mm256_loadu_si256(yhi.as_ptr().cast())) };
-                        let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
-                        let s32 = pair_tile!(@bias $shift, _mm256_madd_epi16(s16, ones), g, p);
+                        #[allow(unused_variables)]
+                        let bias = pair_tile!(@bias_load $shift, g, p);
                         let dy = _mm_setr_ps(g.d[2 * p], g.d[2 * p + 1], 0.0, 0.0);
-                        let sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(dw, dy)), spread);
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), sc, acc[t]);
-                        pair_tile!(@m_acc $m, ms[t], ma, mb, g, p);
+                        for r in 0..R {
+                            let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[r], ylo), _mm256_maddubs_epi16(hi[r], yhi));
+                            let s32 = pair_tile!(@bias $shift, _mm256_madd_epi16(s16, ones), bias);
+                            let sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(dw[r], dy)), spread);
+                            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), sc, acc[r][t]);
+                            pair_tile!(@m_acc $m, ms[r][t], mw[r], g, p);
+                        }
                     }
                 }
                 for t in 0..NT {
-                    let tail = if full * 4 < nb {
-                        $tail(&w[full * 4..], &x[t * ng + full..(t + 1) * ng])
-                    } else {
-                        0.0
-                    };
-                    out[t] = hsum(acc[t]) + ms[t] + tail;
+                    for r in 0..R {
+                        let tail = if full * 4 < nb {
+                            $tail(&w[r * nb + full * 4..(r + 1) * nb], &x[t * ng + full..(t + 1) * ng])
+                        } else {
+                            0.0
+                        };
+                        out[t * R + r] = hsum(acc[r][t]) + ms[r][t] + tail;
+                    }
                 }
             }
         };
-        (@bias none, $v:expr, $g:ident, $p:ident) => {
-            $v
+        (@bias_load none, $g:ident, $p:ident) => {
+            ()
         };
-        (@bias $k:literal, $v:expr, $g:ident, $p:ident) => {{
+        (@bias_load $k:literal, $g:ident, $p:ident) => {{
             let b = &$g.bias[8 * $p..8 * $p + 8];
             // SAFETY: b is 8 readable i32.
-            _mm256_add_epi32($v, _mm256_slli_epi32::<$k>(unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }))
+            _mm256_slli_epi32::<$k>(unsafe { _mm256_loadu_si256(b.as_ptr().cast()) })
         }};
+        (@bias none, $v:expr, $b:ident) => {
+            $v
+        };
+        (@bias $k:literal, $v:expr, $b:ident) => {
+            _mm256_add_epi32($v, $b)
+        };
         (@m_load yes, $a:ident, $b:ident) => {
             (f16_to_f32($a.m), f16_to_f32($b.m))
         };
         (@m_load no, $a:ident, $b:ident) => {
             (0.0f32, 0.0f32)
         };
-        (@m_acc yes, $acc:expr, $ma:ident, $mb:ident, $g:ident, $p:ident) => {
-            $acc += $ma * $g.s[2 * $p] + $mb * $g.s[2 * $p + 1];
+        (@m_acc yes, $acc:expr, $mw:expr, $g:ident, $p:ident) => {
+            $acc += $mw.0 * $g.s[2 * $p] + $mw.1 * $g.s[2 * $p + 1];
         };
-        (@m_acc no, $acc:expr, $ma:ident, $mb:ident, $g:ident, $p:ident) => {};
+        (@m_acc no, $acc:expr, $mw:expr, $g:ident, $p:ident) => {};
     }
 
     pair_tile!(
@@ -696,11 +786,11 @@ mod avx2_impl {
     );
     signed_tile!(q8_0_t, BlockQ8_0, |b: &BlockQ8_0| load32(&b.qs));
 
-    wrap_q_rows!(q4_0, q4_0_1, q4_0_t, BlockQ4_0, 4);
-    wrap_q_rows!(q5_0, q5_0_1, q5_0_t, BlockQ5_0, 4);
-    wrap_q_rows!(q8_0, q8_0_1, q8_0_t, BlockQ8_0, 4);
-    wrap_q_rows!(q4_1, q4_1_1, q4_1_t, BlockQ4_1, 4);
-    wrap_q_rows!(q5_1, q5_1_1, q5_1_t, BlockQ5_1, 4);
+    wrap_q_rows!(q4_0, q4_0_t, BlockQ4_0);
+    wrap_q_rows!(q5_0, q5_0_t, BlockQ5_0);
+    wrap_q_rows!(q8_0, q8_0_t, BlockQ8_0);
+    wrap_q_rows!(q4_1, q4_1_t, BlockQ4_1);
+    wrap_q_rows!(q5_1, q5_1_t, BlockQ5_1);
 
     float_tiles_256!("avx2,fma,f16c", 4);
 }
