@@ -353,8 +353,8 @@ macro_rules! float_tiles_256 {
 /// depend on how rows are split); 1..=4 tokens.
 macro_rules! wrap_q_rows {
     ($name:ident, $inner:ident, $w:ty) => {
-        pub(super) fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
-            let (nb, nt) = super::super::q_tile_shape(w.len(), rows, x.len(), out.len(), 4);
+        pub(in crate::kernels) fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
+            let (nb, nt) = crate::kernels::q_tile_shape(w.len(), rows, x.len(), out.len(), 4);
             if rows == 4 {
                 // SAFETY: only reachable through a table returned by `avx2()` / `avx512()`,
                 // which checked every feature `$inner` is compiled with; shapes checked
@@ -1281,45 +1281,6 @@ mod avx512_impl {
         (@m_acc no, $a:expr, $mw:expr, $g:ident) => {};
     }
 
-    /// Safe entry over `$inner::<R, NT>`: four rows at once, fewer one by one; 1..=4
-    /// tokens. Only reachable through a table whose features were detected.
-    macro_rules! wrap_group {
-        ($name:ident, $inner:ident, $w:ty) => {
-            pub(in crate::kernels) fn $name(w: &[$w], rows: usize, x: &[ActQ8x4], out: &mut [f32]) {
-                let (nb, nt) = crate::kernels::q_tile_shape(w.len(), rows, x.len(), out.len(), 4);
-                if rows == 4 {
-                    // SAFETY: only reachable through a table returned by `avx512()`, which
-                    // checked every feature `$inner` is compiled with; shapes checked above.
-                    unsafe {
-                        match nt {
-                            1 => $inner::<4, 1>(w, x, out),
-                            2 => $inner::<4, 2>(w, x, out),
-                            3 => $inner::<4, 3>(w, x, out),
-                            _ => $inner::<4, 4>(w, x, out),
-                        }
-                    }
-                    return;
-                }
-                let mut col = [0.0f32; 4];
-                for r in 0..rows {
-                    let (wr, o) = (&w[r * nb..(r + 1) * nb], &mut col[..nt]);
-                    // SAFETY: as above.
-                    unsafe {
-                        match nt {
-                            1 => $inner::<1, 1>(wr, x, o),
-                            2 => $inner::<1, 2>(wr, x, o),
-                            3 => $inner::<1, 3>(wr, x, o),
-                            _ => $inner::<1, 4>(wr, x, o),
-                        }
-                    }
-                    for t in 0..nt {
-                        out[t * rows + r] = col[t];
-                    }
-                }
-            }
-        };
-    }
-
     /// Both variants of one type's tile.
     macro_rules! group_tiles {
         ($name:ident, $name_v:ident, $w:ty, $unpack:ident, $unpack_v:ident, $tail:path, bias = $shift:tt, m = $m:tt) => {
@@ -1341,8 +1302,8 @@ mod avx512_impl {
                 bias = $shift,
                 m = $m
             );
-            wrap_group!($name, t_vnni, $w);
-            wrap_group!($name_v, t_vbmi, $w);
+            wrap_q_rows!($name, t_vnni, $w);
+            wrap_q_rows!($name_v, t_vbmi, $w);
         };
     }
 
