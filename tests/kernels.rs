@@ -782,6 +782,29 @@ fn matmul_multi_matches_separate_calls() {
     }
 }
 
+/// The GEMM's bias of unpacked rows `q`: -128 x the sum of each block's 32 codes.
+fn gemm_bias(q: &[i8]) -> Vec<i32> {
+    q.chunks(32)
+        .map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>())
+        .collect()
+}
+
+/// Every level's GEMM on `w` x `gx` equals `want` (the scalar twin's) bit for bit.
+fn assert_gemms_equal(w: &kernels::GemmRows, gx: &[kernels::ActGemm], want: &[f32], what: &str) {
+    for k in levels() {
+        if let Some(g) = k.gemm {
+            let mut got = vec![0.0f32; want.len()];
+            g(w, gx, &mut got);
+            assert!(
+                bits(&got) == bits(want),
+                "{} {} gemm ({what}) differs from the scalar twin",
+                k.name,
+                k.variant
+            );
+        }
+    }
+}
+
 /// The GEMM of every level that has one equals the scalar twin bit for bit, and the
 /// twin equals the dequantized dot (f64) to rounding; matmul through the GEMM (16+
 /// tokens per round) equals the naive loop to rounding, the same with 1 and 2 threads.
@@ -792,10 +815,7 @@ fn gemm_matches_scalar_twin() {
         // Unpacked rows as the GEMM takes them: codes in -128..127 (q8_0's range and
         // beyond), random scales.
         let q: Vec<i8> = (0..4 * nb * 32).map(|_| rng.byte() as i8).collect();
-        let bias: Vec<i32> = q
-            .chunks(32)
-            .map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>())
-            .collect();
+        let bias = gemm_bias(&q);
         let d: Vec<f32> = (0..4 * nb).map(|_| rng.scale().to_f32()).collect();
         let w = kernels::GemmRows {
             q: &q,
@@ -832,18 +852,7 @@ fn gemm_matches_scalar_twin() {
                     }
                 }
             }
-            for k in levels() {
-                if let Some(g) = k.gemm {
-                    let mut got = vec![0.0f32; 64];
-                    g(&w, &gx, &mut got);
-                    assert!(
-                        bits(&got) == bits(&want),
-                        "{} {} gemm nb={nb} nt={nt} differs from the scalar twin",
-                        k.name,
-                        k.variant
-                    );
-                }
-            }
+            assert_gemms_equal(&w, &gx, &want, &format!("nb={nb} nt={nt}"));
         }
     }
     // Through matmul: q4_0, q5_0, q8_0 at 40 tokens (two full token blocks and a part).
@@ -908,10 +917,7 @@ fn gemm_code_ranges_match_scalar_twin() {
         }
     }
     for (what, q, x) in cases {
-        let bias: Vec<i32> = q
-            .chunks(32)
-            .map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>())
-            .collect();
+        let bias = gemm_bias(&q);
         let d: Vec<f32> = (0..4 * nb).map(|_| rng.f() * 0.05).collect();
         let w = kernels::GemmRows {
             q: &q,
@@ -923,18 +929,7 @@ fn gemm_code_ranges_match_scalar_twin() {
         kernels::gemm_acts(&xq, 16, &mut gx);
         let mut want = vec![0.0f32; 64];
         generic::gemm(&w, &gx, &mut want);
-        for k in levels() {
-            if let Some(g) = k.gemm {
-                let mut got = vec![0.0f32; 64];
-                g(&w, &gx, &mut got);
-                assert!(
-                    bits(&got) == bits(&want),
-                    "{} {} gemm, {what}: differs from the scalar twin",
-                    k.name,
-                    k.variant
-                );
-            }
-        }
+        assert_gemms_equal(&w, &gx, &want, &what);
     }
 }
 
