@@ -11,11 +11,11 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// llama.cpp spells the KV type flags `-ctk` / `-ctv` (one dash, three letters),
-/// which a clap parser reads as `-c tk`. Returns `args` with those two words
-/// spelled `--cache-type-k` / `--cache-type-v`; everything else, and anything
-/// after a `--`, unchanged.
-pub fn expand_kv_flag_aliases(
+/// llama.cpp spells some flags with one dash and three letters (`-ctk` / `-ctv`,
+/// llama-bench's `-mmp`), which a clap parser reads as `-c tk`. Returns `args`
+/// with those words spelled `--cache-type-k` / `--cache-type-v` / `--mmap`;
+/// everything else, and anything after a `--`, unchanged.
+pub fn expand_llama_flag_aliases(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
     let mut rest = false;
@@ -28,16 +28,17 @@ pub fn expand_kv_flag_aliases(
             }
             Some("-ctk") => "--cache-type-k".into(),
             Some("-ctv") => "--cache-type-v".into(),
+            Some("-mmp") => "--mmap".into(),
             _ => a,
         })
         .collect()
 }
 
-/// Parses the command line (with llama.cpp's `-ctk`/`-ctv`, see
-/// [`expand_kv_flag_aliases`]). `--help`/`--version` print and give `Err(SUCCESS)`;
+/// Parses the command line (with llama.cpp's `-ctk`/`-ctv`/`-mmp`, see
+/// [`expand_llama_flag_aliases`]). `--help`/`--version` print and give `Err(SUCCESS)`;
 /// a usage error prints one `error: … (see --help)` line and gives `Err(1)`.
 pub fn parse_args<A: clap::Parser>() -> Result<A, ExitCode> {
-    A::try_parse_from(expand_kv_flag_aliases(std::env::args_os())).map_err(|e| {
+    A::try_parse_from(expand_llama_flag_aliases(std::env::args_os())).map_err(|e| {
         use clap::error::ErrorKind;
         if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
             print!("{e}");

@@ -491,9 +491,9 @@ fn kv_type_names() {
     assert!(e.contains("'q8_0'") && e.contains("f16, f32"), "{e}");
     assert_eq!(KvType::default(), KvType::F16);
     let args = [
-        "qwen-run", "-ctk", "f32", "-c", "64", "-ctv", "f16", "-p", "x",
+        "qwen-run", "-ctk", "f32", "-c", "64", "-ctv", "f16", "-mmp", "0", "-p", "x", "--", "-ctk",
     ];
-    let out = qwen::cli::expand_kv_flag_aliases(args.iter().map(|s| s.into()));
+    let out = qwen::cli::expand_llama_flag_aliases(args.iter().map(|s| s.into()));
     let out: Vec<String> = out.into_iter().map(|s| s.into_string().unwrap()).collect();
     assert_eq!(
         out,
@@ -505,8 +505,12 @@ fn kv_type_names() {
             "64",
             "--cache-type-v",
             "f16",
+            "--mmap",
+            "0",
             "-p",
-            "x"
+            "x",
+            "--",
+            "-ctk"
         ]
     );
 }

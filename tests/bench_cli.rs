@@ -252,3 +252,44 @@ fn read_bandwidth_between_tg_runs() {
         "{text}"
     );
 }
+
+/// `--no-mmap` / `-mmp 0` (llama-bench's spelling) read the model into memory
+/// instead of mapping it: JSON "mmap" says which, the table's load line too, and
+/// --read-bw then reads the copy.
+#[test]
+fn no_mmap_reads_the_model() {
+    let m = tiny("no_mmap_reads_the_model");
+    let mapped = json(&bench(&m, &["-p", "4", "-n", "2", "-r", "1", "--json"]));
+    assert_eq!(mapped["mmap"], serde_json::Value::Bool(true), "{mapped}");
+    for extra in [&["--no-mmap"][..], &["-mmp", "0"]] {
+        let mut args = vec!["-p", "4", "-n", "2", "-r", "1", "--read-bw", "--json"];
+        args.extend_from_slice(extra);
+        let v = json(&bench(&m, &args));
+        assert_eq!(v["mmap"], serde_json::Value::Bool(false), "{extra:?}: {v}");
+        speed(&v, "pp");
+        speed(&v, "tg");
+        assert!(v["read_gbps"].as_f64().is_some_and(|b| b > 0.0), "{v}");
+        assert_eq!(v["file_bytes"], mapped["file_bytes"], "{v}");
+    }
+    let o = bench(
+        &m,
+        &["-p", "0", "-n", "2", "-r", "1", "-mmp", "0", "--read-bw"],
+    );
+    ok(&o, "table with -mmp 0");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("read into huge pages") && text.contains("model's copy"),
+        "{text}"
+    );
+    for bad in [&["-mmp", "2"][..], &["--no-mmap", "-mmp", "1"]] {
+        let mut args = vec!["-p", "4", "-n", "0"];
+        args.extend_from_slice(bad);
+        let o = bench(&m, &args);
+        assert_eq!(o.status.code(), Some(1), "{bad:?}");
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("error: ") && err.lines().count() == 1,
+            "{bad:?}: {err}"
+        );
+    }
+}

@@ -100,10 +100,65 @@ fn tiny_model_dumps_logits() {
     ok(&o, "-m -t -c");
 }
 
+/// --no-mmap (and -mmp 0 / --mmap 0) reads the file into anonymous memory: the
+/// same bytes, so the same logits bit for bit; bad values and both spellings at
+/// once are usage errors.
+#[test]
+fn no_mmap_gives_the_same_logits() {
+    let p = Tiny::new("qwen2").write(&dir(), "no_mmap");
+    ok(&run_ids(&p, &[]), "mapped");
+    let (_, mapped) = read_npy(&p.with_extension("npy"));
+    for extra in [
+        &["--no-mmap"][..],
+        &["-mmp", "0"],
+        &["--mmap", "0"],
+        &["--mmap", "1"],
+    ] {
+        let o = run_ids(&p, extra);
+        ok(&o, &format!("{extra:?}"));
+        let (_, got) = read_npy(&p.with_extension("npy"));
+        assert_eq!(got, mapped, "{extra:?}");
+    }
+    let o = run_ids(&p, &["-v", "--no-mmap"]);
+    ok(&o, "-v --no-mmap");
+    assert!(
+        stderr(&o).contains("read into huge pages"),
+        "{}",
+        stderr(&o)
+    );
+    assert_error(&run_ids(&p, &["--mmap", "2"]), &["--mmap"]);
+    assert_error(&run_ids(&p, &["--no-mmap", "--mmap", "1"]), &["--no-mmap"]);
+}
+
+/// The library's two ways in: the copy holds the file's bytes exactly and starts
+/// on a 2 MiB boundary (huge pages cover it from its first byte).
+#[test]
+fn read_copy_is_the_file() {
+    let p = Tiny::new("qwen2").write(&dir(), "read_copy");
+    let want = std::fs::read(&p).unwrap();
+    let mapped = qwen::ModelFile::open(&p).unwrap();
+    let copy = qwen::ModelFile::read(&p).unwrap();
+    assert!(!mapped.is_copy() && copy.is_copy());
+    assert_eq!(mapped.bytes(), &want[..]);
+    assert_eq!(copy.bytes(), &want[..]);
+    assert_eq!(copy.bytes().as_ptr() as usize % (2 << 20), 0);
+    assert_eq!(
+        copy.gguf().unwrap().tensors.len(),
+        mapped.gguf().unwrap().tensors.len()
+    );
+    let empty = dir().join("read_copy_empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    let e = qwen::ModelFile::read(&empty).unwrap();
+    assert!(e.bytes().is_empty() && e.gguf().is_err());
+}
+
 #[test]
 fn nonexistent_file() {
     let o = run_ids(&dir().join("does-not-exist.gguf"), &[]);
     assert_error(&o, &["does-not-exist.gguf"]);
+    let o = run_ids(&dir().join("does-not-exist.gguf"), &["--no-mmap"]);
+    assert_error(&o, &["does-not-exist.gguf"]);
+    assert_error(&run_ids(&dir(), &["--no-mmap"]), &["directory"]);
 }
 
 #[test]
@@ -123,6 +178,7 @@ fn truncated_file() {
         let p = dir().join(format!("truncated_{cut}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
         assert_error(&run_ids(&p, &[]), &[]);
+        assert_error(&run_ids(&p, &["--no-mmap"]), &[]);
     }
 }
 

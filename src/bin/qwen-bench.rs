@@ -38,7 +38,7 @@ use qwen::{Model, ModelFile};
 (decode_bytes_per_token: weight bytes one decode step reads; divided into the memory read bandwidth it\n\
 gives the decode limit in tokens/s). With --read-bw, also read_gbps (median read bandwidth over the\n\
 model's mapping, measured between the tg runs) and tg_pct_of_read_bw (decode's weight bytes per second\n\
-as a share of it); null without it."
+as a share of it); null without it. mmap: false with --no-mmap (-mmp 0)."
 )]
 struct Args {
     /// Model file (GGUF v3, as written by qwen-convert; also -m, as in llama-bench).
@@ -81,6 +81,13 @@ struct Args {
     /// minutes, the same bytes; the machine's bandwidth drifts over a day).
     #[arg(long = "read-bw")]
     read_bw: bool,
+    /// Read the model into memory backed by 2 MiB pages instead of mapping the file
+    /// (slower load, faster decode; as llama-bench's -mmp 0).
+    #[arg(long = "no-mmap", conflicts_with = "mmap")]
+    no_mmap: bool,
+    /// 1: map the model file (the default); 0: as --no-mmap (also -mmp, as in llama-bench).
+    #[arg(long = "mmap", value_name = "0|1", value_parser = clap::value_parser!(u8).range(0..=1))]
+    mmap: Option<u8>,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long = "json")]
     json: bool,
@@ -204,7 +211,12 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
     // As llama-bench: room for the depth, the prompt and the generated tokens.
     let n_ctx = (depth + args.n_prompt + args.n_gen).max(1);
     let t_load = Instant::now();
-    let file = ModelFile::open(&args.model).map_err(|e| e.to_string())?;
+    let file = if args.no_mmap || args.mmap == Some(0) {
+        ModelFile::read(&args.model)
+    } else {
+        ModelFile::open(&args.model)
+    }
+    .map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
     let model = Model::load(&g).map_err(|e| e.to_string())?;
     let cache_k = args.cache_type_k.unwrap_or(model.default_kv_type());
@@ -314,7 +326,7 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
     let words = if args.read_bw {
         let b = file.bytes();
         bytemuck::try_cast_slice::<u8, u64>(&b[..b.len() & !7])
-            .map_err(|e| format!("--read-bw: the model mapping is not 8-byte aligned: {e}"))?
+            .map_err(|e| format!("--read-bw: the model's bytes are not 8-byte aligned: {e}"))?
     } else {
         &[]
     };
@@ -368,7 +380,7 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
             None => "null".to_string(),
         };
         println!(
-            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"n_depth\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{},\"kv_cache_bytes\":{},\"cache_type_k\":\"{cache_k}\",\"cache_type_v\":\"{cache_v}\",\"read_gbps\":{},\"tg_pct_of_read_bw\":{}}}",
+            "{{\"pp\":{},\"tg\":{},\"load_s\":{},\"peak_rss_mb\":{},\"kernels\":\"{}\",\"threads\":{},\"n_prompt\":{},\"n_gen\":{},\"n_depth\":{},\"repetitions\":{},\"file_bytes\":{},\"n_params\":{},\"decode_bytes_per_token\":{},\"type\":{},\"kv_cache_bytes\":{},\"cache_type_k\":\"{cache_k}\",\"cache_type_v\":\"{cache_v}\",\"read_gbps\":{},\"tg_pct_of_read_bw\":{},\"mmap\":{}}}",
             js(pp),
             js(tg),
             json_num(load_s),
@@ -386,6 +398,7 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
             st.kv_bytes(),
             read_bw.map_or_else(|| "null".to_string(), json_num),
             tg_pct.map_or_else(|| "null".to_string(), json_num),
+            !file.is_copy(),
         );
     } else {
         let model_col = format!("{} {}", model_name, main_type);
@@ -428,15 +441,17 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
         }
         println!();
         println!(
-            "load {:.1} ms (open + mmap + parse + Model::load + State::new), peak RSS {} (file {:.1} MiB, KV cache {:.1} MiB {cache_k}/{cache_v})",
+            "load {:.1} ms (open + {} + parse + Model::load + State::new), peak RSS {} (file {:.1} MiB, KV cache {:.1} MiB {cache_k}/{cache_v})",
             load_s * 1e3,
+            if file.is_copy() { "read into huge pages" } else { "mmap" },
             peak_rss.map_or_else(|| "unknown".to_string(), |b| format!("{:.1} MiB", mib(b))),
             mib(file_bytes),
             mib(st.kv_bytes() as u64)
         );
         if let (Some(bw), Some(pct)) = (read_bw, tg_pct) {
             println!(
-                "read bandwidth {bw:.1} GB/s ({threads} threads, the model's mapping, between the tg runs): decode limit {:.1} t/s, tg at {pct:.0}% of it",
+                "read bandwidth {bw:.1} GB/s ({threads} threads, the model's {}, between the tg runs): decode limit {:.1} t/s, tg at {pct:.0}% of it",
+                if file.is_copy() { "copy" } else { "mapping" },
                 bw * 1e9 / decode_bytes.max(1) as f64
             );
         }

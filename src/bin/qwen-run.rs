@@ -111,6 +111,13 @@ struct Args {
     /// Scan every tensor for NaN/Inf and report; exit 1 if any holds one.
     #[arg(long)]
     check_tensors: bool,
+    /// Read the model into memory backed by 2 MiB pages instead of mapping the file
+    /// (as llama.cpp's --no-mmap): slower to load, faster to decode.
+    #[arg(long = "no-mmap", conflicts_with = "mmap")]
+    no_mmap: bool,
+    /// 1: map the model file (the default); 0: as --no-mmap (also -mmp).
+    #[arg(long = "mmap", value_name = "0|1", value_parser = clap::value_parser!(u8).range(0..=1))]
+    mmap: Option<u8>,
     /// Print the kernel level and the model config on stderr.
     #[arg(short = 'v', long)]
     verbose: bool,
@@ -171,7 +178,12 @@ fn run_in_pool(args: Args) -> Res<ExitCode> {
     let level = qwen::kernels::select(args.kernels.as_deref())?;
 
     let t_load = Instant::now();
-    let file = ModelFile::open(&args.model).map_err(|e| e.to_string())?;
+    let file = if args.no_mmap || args.mmap == Some(0) {
+        ModelFile::read(&args.model)
+    } else {
+        ModelFile::open(&args.model)
+    }
+    .map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
 
     if args.check_tensors {
@@ -211,10 +223,15 @@ fn run_in_pool(args: Args) -> Res<ExitCode> {
     if args.verbose {
         eprintln!("kernels: {level}");
         eprintln!(
-            "loaded {} ({} MiB, {} tensors, mmap) in {load_ms:.1} ms",
+            "loaded {} ({} MiB, {} tensors, {}) in {load_ms:.1} ms",
             file.path().display(),
             file.bytes().len() >> 20,
-            g.tensors.len()
+            g.tensors.len(),
+            if file.is_copy() {
+                "read into huge pages"
+            } else {
+                "mmap"
+            }
         );
         eprintln!(
             "model: {} arch={} n_vocab={} n_embd={} n_layer={} n_head={} n_head_kv={} head_dim={} n_ff={} n_ctx_train={} rope_dim={} rope_base={} eps={} tied_output={}{}",
