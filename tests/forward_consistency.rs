@@ -203,3 +203,32 @@ fn forward_errors() {
         );
     });
 }
+
+/// Decode on a pool worker runs with a polling peer (`with_polling_peer`): the
+/// logits are the very same as decoding from outside any pool, on a model wide
+/// enough that its FFN and output matmuls split over the threads.
+#[test]
+fn decode_with_polling_peer_is_identical() {
+    let mut t = Tiny::new("qwen2");
+    t.n_embd = 256;
+    t.n_ff = 512;
+    t.n_vocab = 320;
+    t.head_dim = 64;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("pool");
+    with_model(&t, |m| {
+        let decode = |m: &Model| {
+            let mut st = m.new_state_kv(32, 4, KvType::F16, KvType::F16);
+            let mut out = Vec::new();
+            for (i, &tok) in TOKENS[..8].iter().enumerate() {
+                out.extend_from_slice(m.forward(&mut st, &[tok], i, false).expect("decode"));
+            }
+            out
+        };
+        let outside = decode(m);
+        let inside = pool.install(|| decode(m));
+        assert_eq!(outside, inside);
+    })
+}

@@ -32,7 +32,9 @@ mod par;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use par::{for_each_row_chunk, for_each_row_chunk_multi, run_on_pool, RowChunkOut};
+pub use par::{
+    for_each_row_chunk, for_each_row_chunk_multi, run_on_pool, with_polling_peer, RowChunkOut,
+};
 
 use half::{bf16, f16};
 use quant_formats::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};

@@ -67,6 +67,9 @@ pub fn qwen_logn(pos: usize, seq_length: usize) -> f32 {
     }
 }
 
+/// Most tokens a forward pass takes with a polling peer (see `Model::forward`).
+const POLL_MAX_TOKENS: usize = 8;
+
 impl<'a> Model<'a> {
     /// Reads the config and borrows the weights from `g` (shapes all checked).
     pub fn load(g: &Gguf<'a>) -> Result<Self, ModelError> {
@@ -127,7 +130,23 @@ impl<'a> Model<'a> {
 
     /// Evaluates tokens at positions start_pos.. (KV cache filled for them). Returns logits of the LAST token
     /// ([n_vocab]) or, if all_logits, of every token ([n_tokens * n_vocab]). Err if logits turn non-finite or ctx overflows.
+    /// Decode-sized inputs (at most [`POLL_MAX_TOKENS`]) run with a polling peer
+    /// thread ([`crate::kernels::with_polling_peer`]): their parallel calls last tens
+    /// of microseconds, so a peer's wake-up matters; a prompt's last milliseconds.
     pub fn forward<'s>(
+        &self,
+        st: &'s mut State,
+        tokens: &[u32],
+        start_pos: usize,
+        all_logits: bool,
+    ) -> Result<&'s [f32], ModelError> {
+        if tokens.len() > POLL_MAX_TOKENS {
+            return self.forward_body(st, tokens, start_pos, all_logits);
+        }
+        crate::kernels::with_polling_peer(|| self.forward_body(st, tokens, start_pos, all_logits))
+    }
+
+    fn forward_body<'s>(
         &self,
         st: &'s mut State,
         tokens: &[u32],
