@@ -18,6 +18,9 @@
 # The decode limit of each row comes from the read bandwidth qwen-bench --read-bw measures between
 # its own tg runs (the same file's mapping, the same minutes): the machine's bandwidth drifts by
 # a third over a day, so a probe taken at another time says little about a given run.
+# Then, for the NOMMAP_TYPES files (default q4_0 q8_0), both again with the model read into memory
+# instead of mapped: ours --no-mmap (2 MiB pages) and llama-bench -mmp 0, alternating; there
+# --read-bw reads our copy, so its limit is the one of memory on 2 MiB pages.
 #
 # LLAMA_BENCH unset: the llama.cpp columns are skipped. Nothing here builds llama.cpp.
 # Run it on a quiet machine: every other process shows up in the numbers.
@@ -31,6 +34,7 @@ ROUNDS="${ROUNDS:-1}"
 PP="${PP:-128}"
 TG="${TG:-64}"
 BUSY_TYPES="${BUSY_TYPES:-q4_0}"
+NOMMAP_TYPES="${NOMMAP_TYPES:-q4_0 q8_0}"
 LLAMA_BENCH="${LLAMA_BENCH:-}"
 OUT="${OUT:-$WORK/results}"
 mkdir -p "$WORK/gguf" "$OUT"
@@ -93,6 +97,15 @@ for round in $(seq 1 "$ROUNDS"); do
     ours "$f" "$tag" -p "$PP" -n "$TG" --read-bw
     theirs "$f" "$tag" -p "$PP" -n "$TG"
   done
+done
+
+# 1b. read into memory instead of mapped: ours --no-mmap, llama.cpp -mmp 0.
+for f in "${FILES[@]}"; do
+  name="$(basename "$f" .gguf)"
+  [[ " $NOMMAP_TYPES " == *" ${name##*-} "* ]] || continue
+  echo "== no-mmap $name"
+  ours "$f" "nommap_$name" -p "$PP" -n "$TG" --read-bw --no-mmap
+  theirs "$f" "nommap_$name" -p "$PP" -n "$TG" -mmp 0
 done
 
 # 2. busy neighbour: one core kept busy by a shell loop; tg only.
@@ -162,6 +175,25 @@ for r in range(1, rounds + 1):
               f"{ratio(ours_pp, lp and lp['avg_ts'])} | {f(o['tg'])} | {f(lt, 'avg_ts', 'stddev_ts')} | "
               f"{ratio(ours_tg, lt and lt['avg_ts'])} | {f'{rbw:.1f}' if rbw else '-'} | {f'{lim:.1f}' if lim else '-'} | "
               f"{pct(ours_tg)} | {pct(lt and lt['avg_ts'])} |")
+print()
+print("read into memory (ours --no-mmap: 2 MiB pages, read GB/s over that copy; llama.cpp -mmp 0):")
+print()
+print("| model | type | ours pp128 | llama.cpp pp128 | pp ratio | ours tg64 | llama.cpp tg64 | tg ratio | read GB/s | decode limit | ours % of limit | llama.cpp % | ours load |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for n in names:
+    o = load(os.path.join(out, f"ours_nommap_{n}.json"))
+    if not o:
+        continue
+    lp, lt = llama(os.path.join(out, f"llama_nommap_{n}.json"))
+    _, size, ty = n.split("-")
+    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+    rbw = o.get("read_gbps")
+    lim = rbw * 1e9 / o["decode_bytes_per_token"] if rbw else None
+    pct = lambda x: f"{100 * x / lim:.0f}%" if lim and x else "-"
+    print(f"| Qwen2.5-{size.upper()} | {ty} | {f(o['pp'])} | {f(lp, 'avg_ts', 'stddev_ts')} | "
+          f"{ratio(o['pp']['tokens_per_s'], lp and lp['avg_ts'])} | {f(o['tg'])} | {f(lt, 'avg_ts', 'stddev_ts')} | "
+          f"{ratio(o['tg']['tokens_per_s'], lt and lt['avg_ts'])} | {f'{rbw:.1f}' if rbw else '-'} | {f'{lim:.1f}' if lim else '-'} | "
+          f"{pct(o['tg']['tokens_per_s'])} | {pct(lt and lt['avg_ts'])} | {o['load_s'] * 1e3:.0f} ms |")
 print()
 print("| busy neighbour | ours tg quiet | ours tg busy | kept | llama.cpp tg quiet | llama.cpp tg busy | kept |")
 print("|---|---|---|---|---|---|---|")
