@@ -19,7 +19,7 @@
 # its own tg runs (the same file's mapping, the same minutes): the machine's bandwidth drifts by
 # a third over a day, so a probe taken at another time says little about a given run.
 # Then, for the NOMMAP_TYPES files (default q4_0 q8_0), both again with the model read into memory
-# instead of mapped: ours --no-mmap (2 MiB pages) and llama-bench -mmp 0, alternating; there
+# instead of mapped: ours --no-mmap (2 MiB pages) and llama-bench -lm none, alternating; there
 # --read-bw reads our copy, so its limit is the one of memory on 2 MiB pages.
 #
 # LLAMA_BENCH unset: the llama.cpp columns are skipped. Nothing here builds llama.cpp.
@@ -38,7 +38,10 @@ NOMMAP_TYPES="${NOMMAP_TYPES:-q4_0 q8_0}"
 LLAMA_BENCH="${LLAMA_BENCH:-}"
 OUT="${OUT:-$WORK/results}"
 mkdir -p "$WORK/gguf" "$OUT"
-rm -f "$OUT"/*.json "$OUT"/bandwidth.txt  # the summary reads whatever is here
+# SKIP_QUIET=1 keeps the quiet pass's results in OUT and runs only the later passes.
+if [[ -z "${SKIP_QUIET:-}" ]]; then
+  rm -f "$OUT"/*.json "$OUT"/bandwidth.txt  # the summary reads whatever is here
+fi
 
 cd "$ROOT"
 # NO_BUILD=1 uses the binaries already in target/release (e.g. while the tree is mid-edit).
@@ -90,7 +93,7 @@ for r in json.load(open(sys.argv[1])):
 }
 
 # 1. quiet: pp and tg, alternating on the same file.
-for round in $(seq 1 "$ROUNDS"); do
+for round in $( [[ -n "${SKIP_QUIET:-}" ]] || seq 1 "$ROUNDS"); do
   for f in "${FILES[@]}"; do
     tag="$(basename "$f" .gguf)_r$round"
     echo "== $tag"
@@ -99,13 +102,13 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-# 1b. read into memory instead of mapped: ours --no-mmap, llama.cpp -mmp 0.
+# 1b. read into memory instead of mapped: ours --no-mmap, llama.cpp -lm none (older llama-bench: -mmp 0).
 for f in "${FILES[@]}"; do
   name="$(basename "$f" .gguf)"
   [[ " $NOMMAP_TYPES " == *" ${name##*-} "* ]] || continue
   echo "== no-mmap $name"
   ours "$f" "nommap_$name" -p "$PP" -n "$TG" --read-bw --no-mmap
-  theirs "$f" "nommap_$name" -p "$PP" -n "$TG" -mmp 0
+  theirs "$f" "nommap_$name" -p "$PP" -n "$TG" -lm none
 done
 
 # 2. busy neighbour: one core kept busy by a shell loop; tg only.
@@ -176,7 +179,7 @@ for r in range(1, rounds + 1):
               f"{ratio(ours_tg, lt and lt['avg_ts'])} | {f'{rbw:.1f}' if rbw else '-'} | {f'{lim:.1f}' if lim else '-'} | "
               f"{pct(ours_tg)} | {pct(lt and lt['avg_ts'])} |")
 print()
-print("read into memory (ours --no-mmap: 2 MiB pages, read GB/s over that copy; llama.cpp -mmp 0):")
+print("read into memory (ours --no-mmap: 2 MiB pages, read GB/s over that copy; llama.cpp -lm none):")
 print()
 print("| model | type | ours pp128 | llama.cpp pp128 | pp ratio | ours tg64 | llama.cpp tg64 | tg ratio | read GB/s | decode limit | ours % of limit | llama.cpp % | ours load |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

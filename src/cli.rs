@@ -11,10 +11,10 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// llama.cpp spells some flags with one dash and three letters (`-ctk` / `-ctv`,
-/// llama-bench's `-mmp`), which a clap parser reads as `-c tk`. Returns `args`
-/// with those words spelled `--cache-type-k` / `--cache-type-v` / `--mmap`;
-/// everything else, and anything after a `--`, unchanged.
+/// llama.cpp spells some flags with one dash and several letters (`-ctk` / `-ctv`,
+/// llama-bench's `-mmp` and `-lm`), which a clap parser reads as `-c tk`. Returns
+/// `args` with those words spelled `--cache-type-k` / `--cache-type-v` / `--mmap` /
+/// `--load-mode`; everything else, and anything after a `--`, unchanged.
 pub fn expand_llama_flag_aliases(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
@@ -29,12 +29,13 @@ pub fn expand_llama_flag_aliases(
             Some("-ctk") => "--cache-type-k".into(),
             Some("-ctv") => "--cache-type-v".into(),
             Some("-mmp") => "--mmap".into(),
+            Some("-lm") => "--load-mode".into(),
             _ => a,
         })
         .collect()
 }
 
-/// Parses the command line (with llama.cpp's `-ctk`/`-ctv`/`-mmp`, see
+/// Parses the command line (with llama.cpp's `-ctk`/`-ctv`/`-mmp`/`-lm`, see
 /// [`expand_llama_flag_aliases`]). `--help`/`--version` print and give `Err(SUCCESS)`;
 /// a usage error prints one `error: … (see --help)` line and gives `Err(1)`.
 pub fn parse_args<A: clap::Parser>() -> Result<A, ExitCode> {

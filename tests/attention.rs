@@ -491,7 +491,8 @@ fn kv_type_names() {
     assert!(e.contains("'q8_0'") && e.contains("f16, f32"), "{e}");
     assert_eq!(KvType::default(), KvType::F16);
     let args = [
-        "qwen-run", "-ctk", "f32", "-c", "64", "-ctv", "f16", "-mmp", "0", "-p", "x", "--", "-ctk",
+        "qwen-run", "-ctk", "f32", "-c", "64", "-ctv", "f16", "-mmp", "0", "-lm", "none", "-p",
+        "x", "--", "-ctk",
     ];
     let out = qwen::cli::expand_llama_flag_aliases(args.iter().map(|s| s.into()));
     let out: Vec<String> = out.into_iter().map(|s| s.into_string().unwrap()).collect();
@@ -507,6 +508,8 @@ fn kv_type_names() {
             "f16",
             "--mmap",
             "0",
+            "--load-mode",
+            "none",
             "-p",
             "x",
             "--",

@@ -261,7 +261,12 @@ fn no_mmap_reads_the_model() {
     let m = tiny("no_mmap_reads_the_model");
     let mapped = json(&bench(&m, &["-p", "4", "-n", "2", "-r", "1", "--json"]));
     assert_eq!(mapped["mmap"], serde_json::Value::Bool(true), "{mapped}");
-    for extra in [&["--no-mmap"][..], &["-mmp", "0"]] {
+    for extra in [
+        &["--no-mmap"][..],
+        &["-mmp", "0"],
+        &["-lm", "none"],
+        &["--load-mode", "none"],
+    ] {
         let mut args = vec!["-p", "4", "-n", "2", "-r", "1", "--read-bw", "--json"];
         args.extend_from_slice(extra);
         let v = json(&bench(&m, &args));
@@ -281,7 +286,18 @@ fn no_mmap_reads_the_model() {
         text.contains("read into huge pages") && text.contains("model's copy"),
         "{text}"
     );
-    for bad in [&["-mmp", "2"][..], &["--no-mmap", "-mmp", "1"]] {
+    let v = json(&bench(
+        &m,
+        &["-p", "4", "-n", "0", "-r", "1", "-lm", "mmap", "--json"],
+    ));
+    assert_eq!(v["mmap"], serde_json::Value::Bool(true), "{v}");
+    for bad in [
+        &["-mmp", "2"][..],
+        &["--no-mmap", "-mmp", "1"],
+        &["-lm", "dio"],
+        &["-lm", "none", "--no-mmap"],
+        &["-lm", "none", "-mmp", "0"],
+    ] {
         let mut args = vec!["-p", "4", "-n", "0"];
         args.extend_from_slice(bad);
         let o = bench(&m, &args);
