@@ -157,6 +157,20 @@ def llama(p):
     tg = next((r for r in rows if r["n_prompt"] == 0), None)
     return pp, tg
 f = lambda r, k="tokens_per_s", s="stddev": f"{r[k]:.1f} ± {r[s]:.1f}" if r else "-"
+def cells(o, llama_path):
+    """pp, tg, ratios, read GB/s, decode limit and both % of it: the table cells one qwen-bench
+    JSON and its llama-bench partner give."""
+    lp, lt = llama(llama_path)
+    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+    rbw = o.get("read_gbps")
+    lim = rbw * 1e9 / o["decode_bytes_per_token"] if rbw else None
+    pct = lambda x: f"{100 * x / lim:.0f}%" if lim and x else "-"
+    return " | ".join([
+        f(o["pp"]), f(lp, "avg_ts", "stddev_ts"), ratio(o["pp"]["tokens_per_s"], lp and lp["avg_ts"]),
+        f(o["tg"]), f(lt, "avg_ts", "stddev_ts"), ratio(o["tg"]["tokens_per_s"], lt and lt["avg_ts"]),
+        f"{rbw:.1f}" if rbw else "-", f"{lim:.1f}" if lim else "-",
+        pct(o["tg"]["tokens_per_s"]), pct(lt and lt["avg_ts"]),
+    ])
 print(f"read bandwidth (criterion, 2 threads, 1 GiB anonymous buffer, after the runs): {bw / 1e9:.1f} GB/s" if bw else "criterion read bandwidth: not measured")
 print("read GB/s below: qwen-bench --read-bw, the model file's mapping, between our tg runs (llama.cpp ran right after)")
 print()
@@ -167,17 +181,8 @@ for r in range(1, rounds + 1):
         o = load(os.path.join(out, f"ours_{n}_r{r}.json"))
         if not o:
             continue
-        lp, lt = llama(os.path.join(out, f"llama_{n}_r{r}.json"))
         _, size, ty = n.split("-")
-        ours_pp, ours_tg = o["pp"]["tokens_per_s"], o["tg"]["tokens_per_s"]
-        ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
-        rbw = o.get("read_gbps")
-        lim = rbw * 1e9 / o["decode_bytes_per_token"] if rbw else None
-        pct = lambda x: f"{100 * x / lim:.0f}%" if lim and x else "-"
-        print(f"| Qwen2.5-{size.upper()} | {ty} | {r} | {f(o['pp'])} | {f(lp, 'avg_ts', 'stddev_ts')} | "
-              f"{ratio(ours_pp, lp and lp['avg_ts'])} | {f(o['tg'])} | {f(lt, 'avg_ts', 'stddev_ts')} | "
-              f"{ratio(ours_tg, lt and lt['avg_ts'])} | {f'{rbw:.1f}' if rbw else '-'} | {f'{lim:.1f}' if lim else '-'} | "
-              f"{pct(ours_tg)} | {pct(lt and lt['avg_ts'])} |")
+        print(f"| Qwen2.5-{size.upper()} | {ty} | {r} | {cells(o, os.path.join(out, f'llama_{n}_r{r}.json'))} |")
 print()
 print("read into memory (ours --no-mmap: 2 MiB pages, read GB/s over that copy; llama.cpp -lm none):")
 print()
@@ -187,16 +192,8 @@ for n in names:
     o = load(os.path.join(out, f"ours_nommap_{n}.json"))
     if not o:
         continue
-    lp, lt = llama(os.path.join(out, f"llama_nommap_{n}.json"))
     _, size, ty = n.split("-")
-    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
-    rbw = o.get("read_gbps")
-    lim = rbw * 1e9 / o["decode_bytes_per_token"] if rbw else None
-    pct = lambda x: f"{100 * x / lim:.0f}%" if lim and x else "-"
-    print(f"| Qwen2.5-{size.upper()} | {ty} | {f(o['pp'])} | {f(lp, 'avg_ts', 'stddev_ts')} | "
-          f"{ratio(o['pp']['tokens_per_s'], lp and lp['avg_ts'])} | {f(o['tg'])} | {f(lt, 'avg_ts', 'stddev_ts')} | "
-          f"{ratio(o['tg']['tokens_per_s'], lt and lt['avg_ts'])} | {f'{rbw:.1f}' if rbw else '-'} | {f'{lim:.1f}' if lim else '-'} | "
-          f"{pct(o['tg']['tokens_per_s'])} | {pct(lt and lt['avg_ts'])} | {o['load_s'] * 1e3:.0f} ms |")
+    print(f"| Qwen2.5-{size.upper()} | {ty} | {cells(o, os.path.join(out, f'llama_nommap_{n}.json'))} | {o['load_s'] * 1e3:.0f} ms |")
 print()
 print("| busy neighbour | ours tg quiet | ours tg busy | kept | llama.cpp tg quiet | llama.cpp tg busy | kept |")
 print("|---|---|---|---|---|---|---|")

@@ -1,6 +1,10 @@
 //! What every binary does at its boundary with the user: one-line errors, never a panic trace.
 
+use std::path::Path;
 use std::process::ExitCode;
+
+use crate::error::ModelError;
+use crate::loader::ModelFile;
 
 /// A panic is a bug; still keep the one-line `error: …` contract and an exit code below 128.
 pub fn install_panic_hook() {
@@ -67,4 +71,39 @@ pub fn usage_error_line(text: &str) -> String {
         out.push_str("invalid arguments");
     }
     out
+}
+
+/// How qwen-run and qwen-bench bring the model file in: mapped (the default) or
+/// read into memory on 2 MiB pages ([`ModelFile::read`]), in llama.cpp's three
+/// spellings.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LoadArgs {
+    /// Read the model into memory backed by 2 MiB pages instead of mapping the file
+    /// (as llama.cpp's --no-mmap): slower to load, faster to decode.
+    #[arg(long = "no-mmap", conflicts_with_all = ["mmap", "load_mode"])]
+    pub no_mmap: bool,
+    /// 1: map the model file (the default); 0: as --no-mmap (also -mmp, as in llama-bench).
+    #[arg(long = "mmap", value_name = "0|1", value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub mmap: Option<u8>,
+    /// mmap or auto: map the model file (the default); none: as --no-mmap (also -lm,
+    /// llama-bench's newer spelling of -mmp).
+    #[arg(long = "load-mode", value_name = "MODE", conflicts_with = "mmap",
+          value_parser = ["auto", "mmap", "none"])]
+    pub load_mode: Option<String>,
+}
+
+impl LoadArgs {
+    /// True when the flags ask for a copy instead of a mapping.
+    pub fn copy(&self) -> bool {
+        self.no_mmap || self.mmap == Some(0) || self.load_mode.as_deref() == Some("none")
+    }
+
+    /// Opens `path` as the flags say.
+    pub fn open(&self, path: &Path) -> Result<ModelFile, ModelError> {
+        if self.copy() {
+            ModelFile::read(path)
+        } else {
+            ModelFile::open(path)
+        }
+    }
 }

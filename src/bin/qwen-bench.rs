@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use qwen::model::KvType;
-use qwen::{Model, ModelFile};
+use qwen::Model;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -81,18 +81,8 @@ struct Args {
     /// minutes, the same bytes; the machine's bandwidth drifts over a day).
     #[arg(long = "read-bw")]
     read_bw: bool,
-    /// Read the model into memory backed by 2 MiB pages instead of mapping the file
-    /// (slower load, faster decode; as llama-bench's -mmp 0).
-    #[arg(long = "no-mmap", conflicts_with_all = ["mmap", "load_mode"])]
-    no_mmap: bool,
-    /// 1: map the model file (the default); 0: as --no-mmap (also -mmp, as in llama-bench).
-    #[arg(long = "mmap", value_name = "0|1", value_parser = clap::value_parser!(u8).range(0..=1))]
-    mmap: Option<u8>,
-    /// mmap or auto: map the model file (the default); none: as --no-mmap (also -lm,
-    /// llama-bench's newer spelling of -mmp).
-    #[arg(long = "load-mode", value_name = "MODE", conflicts_with = "mmap",
-          value_parser = ["auto", "mmap", "none"])]
-    load_mode: Option<String>,
+    #[command(flatten)]
+    load: qwen::cli::LoadArgs,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long = "json")]
     json: bool,
@@ -216,13 +206,7 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
     // As llama-bench: room for the depth, the prompt and the generated tokens.
     let n_ctx = (depth + args.n_prompt + args.n_gen).max(1);
     let t_load = Instant::now();
-    let file = if args.no_mmap || args.mmap == Some(0) || args.load_mode.as_deref() == Some("none")
-    {
-        ModelFile::read(&args.model)
-    } else {
-        ModelFile::open(&args.model)
-    }
-    .map_err(|e| e.to_string())?;
+    let file = args.load.open(&args.model).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
     let model = Model::load(&g).map_err(|e| e.to_string())?;
     let cache_k = args.cache_type_k.unwrap_or(model.default_kv_type());

@@ -111,18 +111,8 @@ struct Args {
     /// Scan every tensor for NaN/Inf and report; exit 1 if any holds one.
     #[arg(long)]
     check_tensors: bool,
-    /// Read the model into memory backed by 2 MiB pages instead of mapping the file
-    /// (as llama.cpp's --no-mmap): slower to load, faster to decode.
-    #[arg(long = "no-mmap", conflicts_with_all = ["mmap", "load_mode"])]
-    no_mmap: bool,
-    /// 1: map the model file (the default); 0: as --no-mmap (also -mmp).
-    #[arg(long = "mmap", value_name = "0|1", value_parser = clap::value_parser!(u8).range(0..=1))]
-    mmap: Option<u8>,
-    /// mmap or auto: map the model file (the default); none: as --no-mmap (also -lm,
-    /// llama-bench's newer spelling of -mmp).
-    #[arg(long = "load-mode", value_name = "MODE", conflicts_with = "mmap",
-          value_parser = ["auto", "mmap", "none"])]
-    load_mode: Option<String>,
+    #[command(flatten)]
+    load: qwen::cli::LoadArgs,
     /// Print the kernel level and the model config on stderr.
     #[arg(short = 'v', long)]
     verbose: bool,
@@ -183,13 +173,7 @@ fn run_in_pool(args: Args) -> Res<ExitCode> {
     let level = qwen::kernels::select(args.kernels.as_deref())?;
 
     let t_load = Instant::now();
-    let file = if args.no_mmap || args.mmap == Some(0) || args.load_mode.as_deref() == Some("none")
-    {
-        ModelFile::read(&args.model)
-    } else {
-        ModelFile::open(&args.model)
-    }
-    .map_err(|e| e.to_string())?;
+    let file = args.load.open(&args.model).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
 
     if args.check_tensors {
