@@ -12,8 +12,8 @@ use quant_formats::block::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, Blo
 use quant_formats::reference::{dequantize, dequantize_row_q8_k, quantize_row_q8_k};
 use quant_formats::GgmlType;
 use qwen::kernels::kq::{
-    self, ActKGemm, KGemmRows, KGemmType, KqGemm, KqKernels, KqScratch, KqTileFn, KQ_GEMM_ROWS,
-    KQ_GEMM_TOKENS,
+    self, ActKGemm, KGemmRows, KGemmType, KqGemm, KqKernels, KqRowsFn, KqScratch, KqTileFn,
+    KQ_GEMM_ROWS, KQ_GEMM_TOKENS, KQ_ROWS,
 };
 use qwen::kernels::kq_generic::{self, scales_mins_k4, scales_q3_k};
 use qwen::kernels::{self, Kernels};
@@ -40,6 +40,8 @@ impl Rng {
 trait KBlock: bytemuck::Pod + Default + std::fmt::Debug {
     const DTYPE: GgmlType;
     fn tile(k: &KqKernels) -> KqTileFn<Self>;
+    /// The table's decode tile of KQ_ROWS rows, if it has one for this type.
+    fn rows(k: &KqKernels) -> Option<KqRowsFn<Self>>;
     fn gemm(g: &KqGemm) -> &KGemmType<Self>;
     /// Overwrite the f16 fields with finite values (random bytes are otherwise valid).
     fn fix_scales(&mut self, rng: &mut Rng, unit: bool);
@@ -52,6 +54,10 @@ impl KBlock for BlockQ2K {
     const DTYPE: GgmlType = GgmlType::Q2K;
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q2_k
+    }
+    fn rows(k: &KqKernels) -> Option<KqRowsFn<Self>> {
+        let _ = k;
+        None
     }
     fn gemm(g: &KqGemm) -> &KGemmType<Self> {
         &g.q2_k
@@ -78,6 +84,10 @@ impl KBlock for BlockQ3K {
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q3_k
     }
+    fn rows(k: &KqKernels) -> Option<KqRowsFn<Self>> {
+        let _ = k;
+        None
+    }
     fn gemm(g: &KqGemm) -> &KGemmType<Self> {
         &g.q3_k
     }
@@ -99,6 +109,9 @@ impl KBlock for BlockQ4K {
     const DTYPE: GgmlType = GgmlType::Q4K;
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q4_k
+    }
+    fn rows(k: &KqKernels) -> Option<KqRowsFn<Self>> {
+        k.q4_k_rows
     }
     fn gemm(g: &KqGemm) -> &KGemmType<Self> {
         &g.q4_k
@@ -127,6 +140,9 @@ impl KBlock for BlockQ5K {
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q5_k
     }
+    fn rows(k: &KqKernels) -> Option<KqRowsFn<Self>> {
+        k.q5_k_rows
+    }
     fn gemm(g: &KqGemm) -> &KGemmType<Self> {
         &g.q5_k
     }
@@ -154,6 +170,9 @@ impl KBlock for BlockQ6K {
     const DTYPE: GgmlType = GgmlType::Q6K;
     fn tile(k: &KqKernels) -> KqTileFn<Self> {
         k.q6_k
+    }
+    fn rows(k: &KqKernels) -> Option<KqRowsFn<Self>> {
+        k.q6_k_rows
     }
     fn gemm(g: &KqGemm) -> &KGemmType<Self> {
         &g.q6_k
@@ -306,6 +325,39 @@ fn dot_case<B: KBlock>(seed: u64) {
     }
 }
 
+/// The KQ_ROWS-row decode tiles: each row's value bit-identical to the same level's
+/// one-row tile on that row alone (so a row's result does not depend on its
+/// neighbours or on how a chunk is split), for several row lengths.
+fn rows_case<B: KBlock>(seed: u64) {
+    let name = B::DTYPE.name();
+    let mut rng = Rng(seed);
+    let mut tested = 0;
+    for nb in [1usize, 2, 3, 6, 7] {
+        let w: Vec<B> = random_blocks(&mut rng, KQ_ROWS * nb, false);
+        let xq = q8k(&acts(&mut rng, nb));
+        for k in levels() {
+            let kq = kq::table(k.name);
+            let Some(f) = B::rows(kq) else { continue };
+            let mut out = [f32::NAN; KQ_ROWS];
+            f(&w, &xq, &mut out);
+            for (r, &o) in out.iter().enumerate() {
+                let one = dot(kq, &w[r * nb..(r + 1) * nb], &xq);
+                assert_eq!(
+                    o.to_bits(),
+                    one.to_bits(),
+                    "{name} {} nb={nb} row {r}: {o} vs one-row {one}",
+                    kq.name
+                );
+            }
+            tested += 1;
+        }
+    }
+    // The avx512 table has them for q4_K, q5_K and q6_K.
+    if kernels::table("avx512").is_some() && B::rows(kq::table("avx512")).is_some() {
+        assert!(tested > 0, "{name}: no rows tile tested");
+    }
+}
+
 /// Unit scales and small activation codes keep every float step exact (all partial
 /// sums are integers below 2^24): every level must then equal the integer dot exactly.
 fn exact_case<B: KBlock>(seed: u64) {
@@ -362,15 +414,30 @@ fn dot_q3_k() {
 }
 
 #[test]
+fn rows_q4_k() {
+    rows_case::<BlockQ4K>(410);
+}
+
+#[test]
 fn dot_q4_k() {
     dot_case::<BlockQ4K>(41);
     exact_case::<BlockQ4K>(42);
 }
 
 #[test]
+fn rows_q5_k() {
+    rows_case::<BlockQ5K>(510);
+}
+
+#[test]
 fn dot_q5_k() {
     dot_case::<BlockQ5K>(51);
     exact_case::<BlockQ5K>(52);
+}
+
+#[test]
+fn rows_q6_k() {
+    rows_case::<BlockQ6K>(610);
 }
 
 #[test]

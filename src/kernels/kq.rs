@@ -51,6 +51,15 @@ pub const KQ_TYPES: &[GgmlType] = &[
 /// and `x.len() == nb * out.len()` (checked; a violation panics, it is a bug).
 pub type KqTileFn<W> = fn(w: &[W], x: &[BlockQ8K], out: &mut [f32]);
 
+/// Weight rows a [`KqRowsFn`] takes.
+pub const KQ_ROWS: usize = 4;
+
+/// A K decode tile: [`KQ_ROWS`] weight rows against one token, the token's
+/// activations loaded once for all of them. `w`: [KQ_ROWS, nb], `x`: [nb],
+/// `out[r] = dot(w[r], x)`, each bit-identical to the level's one-row [`KqTileFn`]
+/// (checked; a violation of the shapes panics, it is a bug).
+pub type KqRowsFn<W> = fn(w: &[W], x: &[BlockQ8K], out: &mut [f32; KQ_ROWS]);
+
 /// One instruction-set level's K-quant kernels.
 #[derive(Debug)]
 pub struct KqKernels {
@@ -63,6 +72,10 @@ pub struct KqKernels {
     pub q4_k: KqTileFn<BlockQ4K>,
     pub q5_k: KqTileFn<BlockQ5K>,
     pub q6_k: KqTileFn<BlockQ6K>,
+    /// Decode tiles of [`KQ_ROWS`] rows where the level has them (else one row at a time).
+    pub q4_k_rows: Option<KqRowsFn<BlockQ4K>>,
+    pub q5_k_rows: Option<KqRowsFn<BlockQ5K>>,
+    pub q6_k_rows: Option<KqRowsFn<BlockQ6K>>,
 }
 
 /// The K table of a runtime kernel level (as named by `crate::kernels::LEVELS`):
@@ -503,31 +516,31 @@ pub fn matmul_multi_with(
                         let r = g.map_or(0, |g| {
                             gemm_rows(&g.q2_k, g.prefetch, cast(w), nb, gx, nt, o)
                         });
-                        chunk_rows(k.q2_k, cast(w), nb, acts, nt, tile_t, r, o)
+                        chunk_rows(k.q2_k, None, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (GgmlType::Q3K, g) => {
                         let r = g.map_or(0, |g| {
                             gemm_rows(&g.q3_k, g.prefetch, cast(w), nb, gx, nt, o)
                         });
-                        chunk_rows(k.q3_k, cast(w), nb, acts, nt, tile_t, r, o)
+                        chunk_rows(k.q3_k, None, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (GgmlType::Q4K, g) => {
                         let r = g.map_or(0, |g| {
                             gemm_rows(&g.q4_k, g.prefetch, cast(w), nb, gx, nt, o)
                         });
-                        chunk_rows(k.q4_k, cast(w), nb, acts, nt, tile_t, r, o)
+                        chunk_rows(k.q4_k, k.q4_k_rows, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (GgmlType::Q5K, g) => {
                         let r = g.map_or(0, |g| {
                             gemm_rows(&g.q5_k, g.prefetch, cast(w), nb, gx, nt, o)
                         });
-                        chunk_rows(k.q5_k, cast(w), nb, acts, nt, tile_t, r, o)
+                        chunk_rows(k.q5_k, k.q5_k_rows, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (GgmlType::Q6K, g) => {
                         let r = g.map_or(0, |g| {
                             gemm_rows(&g.q6_k, g.prefetch, cast(w), nb, gx, nt, o)
                         });
-                        chunk_rows(k.q6_k, cast(w), nb, acts, nt, tile_t, r, o)
+                        chunk_rows(k.q6_k, k.q6_k_rows, cast(w), nb, acts, nt, tile_t, r, o)
                     }
                     (other, _) => panic!("kq matmul: type {other} is not a K-quant type"),
                 }
@@ -623,6 +636,7 @@ fn gemm_rows_n<W: bytemuck::Pod, const MAXB: usize>(
 #[allow(clippy::too_many_arguments)]
 fn chunk_rows<W>(
     tile: KqTileFn<W>,
+    rows4: Option<KqRowsFn<W>>,
     w: &[W],
     nb: usize,
     acts: &[BlockQ8K],
@@ -642,7 +656,17 @@ fn chunk_rows<W>(
     while t0 < nt {
         let tb = tile_t.min(nt - t0);
         let xs = &acts[t0 * nb..(t0 + tb) * nb];
-        for r in rows.clone() {
+        let mut r = rows.start;
+        // One token (decode): KQ_ROWS rows per call where the level has such tiles.
+        if let (Some(f), 1) = (rows4, tb) {
+            let mut o = [0.0f32; KQ_ROWS];
+            while r + KQ_ROWS <= rows.end {
+                f(&w[r * nb..(r + KQ_ROWS) * nb], xs, &mut o);
+                out.write_tile(r, KQ_ROWS, t0, &o);
+                r += KQ_ROWS;
+            }
+        }
+        for r in r..rows.end {
             tile(&w[r * nb..(r + 1) * nb], xs, &mut buf[..tb]);
             out.write(r, t0, &buf[..tb]);
         }

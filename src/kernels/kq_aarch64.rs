@@ -34,6 +34,9 @@ static NEON: KqKernels = KqKernels {
     q4_k,
     q5_k,
     q6_k,
+    q4_k_rows: None,
+    q5_k_rows: None,
+    q6_k_rows: None,
 };
 
 #[target_feature(enable = "neon")]

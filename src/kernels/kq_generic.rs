@@ -25,6 +25,9 @@ pub static SCALAR: KqKernels = KqKernels {
     q4_k: tile_q4_k,
     q5_k: tile_q5_k,
     q6_k: tile_q6_k,
+    q4_k_rows: None,
+    q5_k_rows: None,
+    q6_k_rows: None,
 };
 
 /// The 8 six-bit scales and 8 six-bit mins packed in a q4_K / q5_K block's 12 bytes,

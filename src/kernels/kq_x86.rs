@@ -24,6 +24,7 @@
 
 use super::kq::{
     kgemm_shape, ActKGemm, KGemmRows, KGemmType, KqGemm, KqKernels, KQ_GEMM_ROWS, KQ_GEMM_TOKENS,
+    KQ_ROWS,
 };
 use super::kq_generic::{self, scales_mins_k4, scales_q3_k};
 use super::x86::{f16_to_f32 as h2f, hsum, L2_AHEAD};
@@ -90,6 +91,9 @@ static AVX2: KqKernels = KqKernels {
     q4_k: avx2_impl::q4_k,
     q5_k: avx2_impl::q5_k,
     q6_k: avx2_impl::q6_k,
+    q4_k_rows: None,
+    q5_k_rows: None,
+    q6_k_rows: None,
 };
 
 static AVX512: KqKernels = KqKernels {
@@ -100,6 +104,9 @@ static AVX512: KqKernels = KqKernels {
     q4_k: avx512_impl::q4_k,
     q5_k: avx512_impl::q5_k,
     q6_k: avx512_impl::q6_k,
+    q4_k_rows: Some(avx512_impl::q4_k_rows),
+    q5_k_rows: Some(avx512_impl::q5_k_rows),
+    q6_k_rows: Some(avx512_impl::q6_k_rows),
 };
 
 // ---------------------------------------------------------------------------
@@ -525,10 +532,29 @@ mod avx512_impl {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     fn dot256(w: &[__m512i; 4], s: &[__m512i; 4], yq: &[i8; 256]) -> __m512i {
+        dot256_v(w, s, &codes_y(yq))
+    }
+
+    /// A token's 256 codes as 4 vectors.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn codes_y(yq: &[i8; 256]) -> [__m512i; 4] {
+        [
+            load512(&yq[..64]),
+            load512(&yq[64..128]),
+            load512(&yq[128..192]),
+            load512(&yq[192..]),
+        ]
+    }
+
+    /// [`dot256`] with the token's 4 code vectors already loaded (same operations).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn dot256_v(w: &[__m512i; 4], s: &[__m512i; 4], y: &[__m512i; 4]) -> __m512i {
         let z = _mm512_setzero_si512();
         let mut acc = z;
         for k in 0..4 {
-            let p = _mm512_dpbusd_epi32(z, w[k], load512(&yq[64 * k..]));
+            let p = _mm512_dpbusd_epi32(z, w[k], y[k]);
             acc = _mm512_dpwssd_epi32(acc, p, s[k]);
         }
         acc
@@ -599,6 +625,99 @@ mod avx512_impl {
     k4_tile!(q5_k_t, BlockQ5K, |b, q| {
         add_q5_k_high_bits(b, &mut q);
     });
+
+    /// [`KQ_ROWS`] rows of `k4_tile!`'s one-token case: per super-block the token's
+    /// codes, bsums and scale are loaded once, then each row runs exactly the
+    /// one-row tile's operations in its order (so each row's sum is bit-identical).
+    macro_rules! k4_rows {
+        ($inner:ident, $w:ty, |$b:ident, $q:ident| $add:block) => {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            fn $inner(w: &[$w], x: &[BlockQ8K], out: &mut [f32; KQ_ROWS]) {
+                let nb = x.len();
+                assert_eq!(w.len(), KQ_ROWS * nb, "kq rows: {} blocks for {KQ_ROWS} x {nb}", w.len());
+                let mut acc = [_mm512_setzero_ps(); KQ_ROWS];
+                for (i, y) in x.iter().enumerate() {
+                    let yq = codes_y(&y.qs);
+                    let bsums = load256(&y.bsums);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let $b = &w[r * nb + i];
+                        prefetch_block($b);
+                        let (sm, _) = scales_mins(&$b.scales);
+                        let s = spread(&IDX_K4, _mm512_cvtepu8_epi32(sm));
+                        let mins = mins_pairs(sm);
+                        #[allow(unused_mut)]
+                        let mut $q = nibbles_k4(&$b.qs);
+                        $add
+                        let (dw, dmw) = (h2f($b.d), h2f($b.dmin));
+                        let isum = dot256_v(&$q, &s, &yq);
+                        let m = _mm256_madd_epi16(bsums, mins);
+                        let d = _mm512_set1_ps(dw * y.d);
+                        let dm = _mm512_set1_ps(-(dmw * y.d));
+                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
+                        let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(m));
+                        *a = _mm512_fmadd_ps(m, dm, *a);
+                    }
+                }
+                for (o, a) in out.iter_mut().zip(acc) {
+                    *o = _mm512_reduce_add_ps(a);
+                }
+            }
+        };
+    }
+
+    k4_rows!(q4_k_rows_t, BlockQ4K, |b, q| {});
+    k4_rows!(q5_k_rows_t, BlockQ5K, |b, q| {
+        add_q5_k_high_bits(b, &mut q);
+    });
+
+    /// [`KQ_ROWS`] rows of `q6_k_t`'s one-token case (each row bit-identical to it).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn q6_k_rows_t(w: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32; KQ_ROWS]) {
+        let nb = x.len();
+        assert_eq!(
+            w.len(),
+            KQ_ROWS * nb,
+            "kq rows: {} blocks for {KQ_ROWS} x {nb}",
+            w.len()
+        );
+        let mut acc = [_mm512_setzero_ps(); KQ_ROWS];
+        for (i, y) in x.iter().enumerate() {
+            let yq = codes_y(&y.qs);
+            let bsums = load256(&y.bsums);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let b = &w[r * nb + i];
+                prefetch_block(b);
+                let sc8 = load128(&b.scales);
+                let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xFFFF));
+                let s = spread(&IDX_K6, sc32);
+                let sc16 = _mm256_cvtepi8_epi16(sc8);
+                let q = codes_q6_k(b);
+                let dw = h2f(b.d);
+                let isum = dot256_v(&q, &s, &yq);
+                let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
+                let isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(off));
+                let d = _mm512_set1_ps(dw * y.d);
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(a);
+        }
+    }
+
+    /// Safe entry over a [`KQ_ROWS`]-row tile.
+    macro_rules! wrap_rows {
+        ($name:ident, $inner:ident, $w:ty) => {
+            pub(super) fn $name(w: &[$w], x: &[BlockQ8K], out: &mut [f32; KQ_ROWS]) {
+                // SAFETY: only reachable through the table returned by `avx512()`, which
+                // checked every feature `$inner` is compiled with; it checks the shapes.
+                unsafe { $inner(w, x, out) }
+            }
+        };
+    }
+    wrap_rows!(q4_k_rows, q4_k_rows_t, BlockQ4K);
+    wrap_rows!(q5_k_rows, q5_k_rows_t, BlockQ5K);
+    wrap_rows!(q6_k_rows, q6_k_rows_t, BlockQ6K);
 
     /// ORs the fifth bit of every q5_K code (from `b.qh`) into its low four in `q`
     /// (vector j: elements 64j..64j+64, as [`nibbles_k4`] gives them).
