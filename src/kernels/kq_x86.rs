@@ -584,30 +584,76 @@ mod avx512_impl {
         ]
     }
 
+    /// One q4_K / q5_K super-block ready for [`k4_acc`]: codes, scales spread to their
+    /// lanes, mins as i16 pairs, d and dmin.
+    #[derive(Clone, Copy)]
+    struct K4 {
+        q: [__m512i; 4],
+        s: [__m512i; 4],
+        mins: __m256i,
+        d: f32,
+        dmin: f32,
+    }
+
+    /// q4_K's [`K4`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn k4_q4_k(b: &BlockQ4K) -> K4 {
+        let (sm, _) = scales_mins(&b.scales);
+        K4 {
+            q: nibbles_k4(&b.qs),
+            s: spread(&IDX_K4, _mm512_cvtepu8_epi32(sm)),
+            mins: mins_pairs(sm),
+            d: h2f(b.d),
+            dmin: h2f(b.dmin),
+        }
+    }
+
+    /// q5_K's [`K4`]: q4_K's layout plus a fifth bit per code. Vector j holds elements
+    /// 64j..64j+64; its low half takes bit 2j of qh[l], its high half bit 2j + 1. With
+    /// hb = [qh | qh >> 1] both are bit 2j of hb, shifted to bit 4 (16-bit shifts; the
+    /// 0x10 mask keeps bits from the same byte).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn k4_q5_k(b: &BlockQ5K) -> K4 {
+        let (sm, _) = scales_mins(&b.scales);
+        let mut q = nibbles_k4(&b.qs);
+        add_q5_k_high_bits(b, &mut q);
+        K4 {
+            q,
+            s: spread(&IDX_K4, _mm512_cvtepu8_epi32(sm)),
+            mins: mins_pairs(sm),
+            d: h2f(b.d),
+            dmin: h2f(b.dmin),
+        }
+    }
+
+    /// `acc` plus one super-block's dot with one token (`yq`: its codes, `bsums`, `yd`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn k4_acc(k: &K4, yq: &[__m512i; 4], bsums: __m256i, yd: f32, acc: __m512) -> __m512 {
+        let isum = dot256_v(&k.q, &k.s, yq);
+        let m = _mm256_madd_epi16(bsums, k.mins);
+        let d = _mm512_set1_ps(k.d * yd);
+        let dm = _mm512_set1_ps(-(k.dmin * yd));
+        let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
+        let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(m));
+        _mm512_fmadd_ps(m, dm, acc)
+    }
+
+    /// A K tile from a super-block unpacker and its per-token accumulate step.
     macro_rules! k4_tile {
-        ($inner:ident, $w:ty, |$b:ident, $q:ident| $add:block) => {
+        ($inner:ident, $w:ty, $unpack:ident, $acc:ident) => {
             #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
             fn $inner<const NT: usize>(w: &[$w], x: &[BlockQ8K], out: &mut [f32]) {
                 let nb = w.len();
                 let mut acc = [_mm512_setzero_ps(); NT];
-                for (i, $b) in w.iter().enumerate() {
-                    prefetch_block($b);
-                    let (sm, _) = scales_mins(&$b.scales);
-                    let s = spread(&IDX_K4, _mm512_cvtepu8_epi32(sm));
-                    let mins = mins_pairs(sm);
-                    #[allow(unused_mut)]
-                    let mut $q = nibbles_k4(&$b.qs);
-                    $add
-                    let (dw, dmw) = (h2f($b.d), h2f($b.dmin));
-                    for t in 0..NT {
+                for (i, b) in w.iter().enumerate() {
+                    prefetch_block(b);
+                    let k = $unpack(b);
+                    for (t, a) in acc.iter_mut().enumerate() {
                         let y = &x[t * nb + i];
-                        let isum = dot256(&$q, &s, &y.qs);
-                        let m = _mm256_madd_epi16(load256(&y.bsums), mins);
-                        let d = _mm512_set1_ps(dw * y.d);
-                        let dm = _mm512_set1_ps(-(dmw * y.d));
-                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[t]);
-                        let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(m));
-                        acc[t] = _mm512_fmadd_ps(m, dm, acc[t]);
+                        *a = $acc(&k, &codes_y(&y.qs), load256(&y.bsums), y.d, *a);
                     }
                 }
                 for t in 0..NT {
@@ -617,45 +663,30 @@ mod avx512_impl {
         };
     }
 
-    k4_tile!(q4_k_t, BlockQ4K, |b, q| {});
+    k4_tile!(q4_k_t, BlockQ4K, k4_q4_k, k4_acc);
+    k4_tile!(q5_k_t, BlockQ5K, k4_q5_k, k4_acc);
 
-    // q5_K: vector j holds elements 64j..64j+64; its low half takes bit 2j of qh[l],
-    // its high half bit 2j + 1. With hb = [qh | qh >> 1] both are bit 2j of hb,
-    // shifted to bit 4 (16-bit shifts; the 0x10 mask keeps bits from the same byte).
-    k4_tile!(q5_k_t, BlockQ5K, |b, q| {
-        add_q5_k_high_bits(b, &mut q);
-    });
-
-    /// [`KQ_ROWS`] rows of `k4_tile!`'s one-token case: per super-block the token's
-    /// codes, bsums and scale are loaded once, then each row runs exactly the
-    /// one-row tile's operations in its order (so each row's sum is bit-identical).
+    /// [`KQ_ROWS`] rows of a `k4_tile!`'s one-token case: per super-block the token's
+    /// codes and bsums are loaded once, then each row runs exactly the one-row tile's
+    /// operations in its order (so each row's sum is bit-identical).
     macro_rules! k4_rows {
-        ($inner:ident, $w:ty, |$b:ident, $q:ident| $add:block) => {
+        ($inner:ident, $w:ty, $unpack:ident, $acc:ident) => {
             #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
             fn $inner(w: &[$w], x: &[BlockQ8K], out: &mut [f32; KQ_ROWS]) {
                 let nb = x.len();
-                assert_eq!(w.len(), KQ_ROWS * nb, "kq rows: {} blocks for {KQ_ROWS} x {nb}", w.len());
+                assert_eq!(
+                    w.len(),
+                    KQ_ROWS * nb,
+                    "kq rows: {} blocks for {KQ_ROWS} x {nb}",
+                    w.len()
+                );
                 let mut acc = [_mm512_setzero_ps(); KQ_ROWS];
                 for (i, y) in x.iter().enumerate() {
-                    let yq = codes_y(&y.qs);
-                    let bsums = load256(&y.bsums);
+                    let (yq, bsums) = (codes_y(&y.qs), load256(&y.bsums));
                     for (r, a) in acc.iter_mut().enumerate() {
-                        let $b = &w[r * nb + i];
-                        prefetch_block($b);
-                        let (sm, _) = scales_mins(&$b.scales);
-                        let s = spread(&IDX_K4, _mm512_cvtepu8_epi32(sm));
-                        let mins = mins_pairs(sm);
-                        #[allow(unused_mut)]
-                        let mut $q = nibbles_k4(&$b.qs);
-                        $add
-                        let (dw, dmw) = (h2f($b.d), h2f($b.dmin));
-                        let isum = dot256_v(&$q, &s, &yq);
-                        let m = _mm256_madd_epi16(bsums, mins);
-                        let d = _mm512_set1_ps(dw * y.d);
-                        let dm = _mm512_set1_ps(-(dmw * y.d));
-                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
-                        let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(m));
-                        *a = _mm512_fmadd_ps(m, dm, *a);
+                        let b = &w[r * nb + i];
+                        prefetch_block(b);
+                        *a = $acc(&$unpack(b), &yq, bsums, y.d, *a);
                     }
                 }
                 for (o, a) in out.iter_mut().zip(acc) {
@@ -665,45 +696,8 @@ mod avx512_impl {
         };
     }
 
-    k4_rows!(q4_k_rows_t, BlockQ4K, |b, q| {});
-    k4_rows!(q5_k_rows_t, BlockQ5K, |b, q| {
-        add_q5_k_high_bits(b, &mut q);
-    });
-
-    /// [`KQ_ROWS`] rows of `q6_k_t`'s one-token case (each row bit-identical to it).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn q6_k_rows_t(w: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32; KQ_ROWS]) {
-        let nb = x.len();
-        assert_eq!(
-            w.len(),
-            KQ_ROWS * nb,
-            "kq rows: {} blocks for {KQ_ROWS} x {nb}",
-            w.len()
-        );
-        let mut acc = [_mm512_setzero_ps(); KQ_ROWS];
-        for (i, y) in x.iter().enumerate() {
-            let yq = codes_y(&y.qs);
-            let bsums = load256(&y.bsums);
-            for (r, a) in acc.iter_mut().enumerate() {
-                let b = &w[r * nb + i];
-                prefetch_block(b);
-                let sc8 = load128(&b.scales);
-                let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xFFFF));
-                let s = spread(&IDX_K6, sc32);
-                let sc16 = _mm256_cvtepi8_epi16(sc8);
-                let q = codes_q6_k(b);
-                let dw = h2f(b.d);
-                let isum = dot256_v(&q, &s, &yq);
-                let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
-                let isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(off));
-                let d = _mm512_set1_ps(dw * y.d);
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
-            }
-        }
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = _mm512_reduce_add_ps(a);
-        }
-    }
+    k4_rows!(q4_k_rows_t, BlockQ4K, k4_q4_k, k4_acc);
+    k4_rows!(q5_k_rows_t, BlockQ5K, k4_q5_k, k4_acc);
 
     /// Safe entry over a [`KQ_ROWS`]-row tile.
     macro_rules! wrap_rows {
@@ -738,35 +732,45 @@ mod avx512_impl {
         }
     }
 
-    /// q6_K: per 128 elements, `ql` low nibbles are elements 0..64 and high nibbles
-    /// 64..128, with two bits each of `qh` on top; `- 32` via the bsums.
+    /// One q6_K super-block ready for [`k6_acc`]: codes, scales spread to their lanes
+    /// (as i32 lanes with a zero high i16, see the module note), scales as i16, d.
+    #[derive(Clone, Copy)]
+    struct K6 {
+        q: [__m512i; 4],
+        s: [__m512i; 4],
+        sc16: __m256i,
+        d: f32,
+    }
+
+    /// q6_K's [`K6`]: per 128 elements, `ql` low nibbles are elements 0..64 and high
+    /// nibbles 64..128, with two bits each of `qh` on top; `- 32` via the bsums.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn q6_k_t<const NT: usize>(w: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
-        let nb = w.len();
-        let mut acc = [_mm512_setzero_ps(); NT];
-        for (i, b) in w.iter().enumerate() {
-            prefetch_block(b);
-            let sc8 = load128(&b.scales);
-            // Scales as i32 lanes with a zero high i16 (see the module note).
-            let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xFFFF));
-            let s = spread(&IDX_K6, sc32);
-            let sc16 = _mm256_cvtepi8_epi16(sc8);
-            let q = codes_q6_k(b);
-            let dw = h2f(b.d);
-            for t in 0..NT {
-                let y = &x[t * nb + i];
-                let isum = dot256(&q, &s, &y.qs);
-                // 32 * sum(bsums * scales): |32 * 16 * 2048 * 128| < 2^28.
-                let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load256(&y.bsums), sc16));
-                let isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(off));
-                let d = _mm512_set1_ps(dw * y.d);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[t]);
-            }
-        }
-        for t in 0..NT {
-            out[t] = _mm512_reduce_add_ps(acc[t]);
+    #[inline]
+    fn k6_q6_k(b: &BlockQ6K) -> K6 {
+        let sc8 = load128(&b.scales);
+        let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xFFFF));
+        K6 {
+            q: codes_q6_k(b),
+            s: spread(&IDX_K6, sc32),
+            sc16: _mm256_cvtepi8_epi16(sc8),
+            d: h2f(b.d),
         }
     }
+
+    /// `acc` plus one q6_K super-block's dot with one token (`yq`, `bsums`, `yd`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn k6_acc(k: &K6, yq: &[__m512i; 4], bsums: __m256i, yd: f32, acc: __m512) -> __m512 {
+        let isum = dot256_v(&k.q, &k.s, yq);
+        // 32 * sum(bsums * scales): |32 * 16 * 2048 * 128| < 2^28.
+        let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, k.sc16));
+        let isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(off));
+        let d = _mm512_set1_ps(k.d * yd);
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc)
+    }
+
+    k4_tile!(q6_k_t, BlockQ6K, k6_q6_k, k6_acc);
+    k4_rows!(q6_k_rows_t, BlockQ6K, k6_q6_k, k6_acc);
 
     /// Two-bit codes of 128 elements from 32 bytes (shift 2j: elements 32j..32j+32), as
     /// two vectors in element order: X = [q | q >> 2]; (X & 3, (X >> 4) & 3).
