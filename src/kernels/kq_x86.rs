@@ -595,18 +595,25 @@ mod avx512_impl {
         dmin: f32,
     }
 
+    /// A [`K4`] from a q4_K / q5_K block's shared fields (q5_K then adds its fifth bits).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn k4_parts(scales: &[u8; 12], qs: &[u8; 128], d: half::f16, dmin: half::f16) -> K4 {
+        let (sm, _) = scales_mins(scales);
+        K4 {
+            q: nibbles_k4(qs),
+            s: spread(&IDX_K4, _mm512_cvtepu8_epi32(sm)),
+            mins: mins_pairs(sm),
+            d: h2f(d),
+            dmin: h2f(dmin),
+        }
+    }
+
     /// q4_K's [`K4`].
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     fn k4_q4_k(b: &BlockQ4K) -> K4 {
-        let (sm, _) = scales_mins(&b.scales);
-        K4 {
-            q: nibbles_k4(&b.qs),
-            s: spread(&IDX_K4, _mm512_cvtepu8_epi32(sm)),
-            mins: mins_pairs(sm),
-            d: h2f(b.d),
-            dmin: h2f(b.dmin),
-        }
+        k4_parts(&b.scales, &b.qs, b.d, b.dmin)
     }
 
     /// q5_K's [`K4`]: q4_K's layout plus a fifth bit per code. Vector j holds elements
@@ -616,16 +623,9 @@ mod avx512_impl {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     fn k4_q5_k(b: &BlockQ5K) -> K4 {
-        let (sm, _) = scales_mins(&b.scales);
-        let mut q = nibbles_k4(&b.qs);
-        add_q5_k_high_bits(b, &mut q);
-        K4 {
-            q,
-            s: spread(&IDX_K4, _mm512_cvtepu8_epi32(sm)),
-            mins: mins_pairs(sm),
-            d: h2f(b.d),
-            dmin: h2f(b.dmin),
-        }
+        let mut k = k4_parts(&b.scales, &b.qs, b.d, b.dmin);
+        add_q5_k_high_bits(b, &mut k.q);
+        k
     }
 
     /// `acc` plus one super-block's dot with one token (`yq`: its codes, `bsums`, `yd`).
