@@ -98,12 +98,16 @@ impl LoadArgs {
         self.no_mmap || self.mmap == Some(0) || self.load_mode.as_deref() == Some("none")
     }
 
-    /// Opens `path` as the flags say.
+    /// Opens `path` as the flags say; prints the file's warnings on stderr.
     pub fn open(&self, path: &Path) -> Result<ModelFile, ModelError> {
-        if self.copy() {
+        let file = if self.copy() {
             ModelFile::read(path)
         } else {
             ModelFile::open(path)
+        }?;
+        for w in file.warnings() {
+            eprintln!("warning: {w}");
         }
+        Ok(file)
     }
 }

@@ -18,6 +18,8 @@ pub struct ModelFile {
     map: Backing,
     /// (device, inode) of the mapped file, to refuse writing output onto it.
     id: Option<(u64, u64)>,
+    /// What the user should know about how the file was brought in.
+    warnings: Vec<String>,
 }
 
 /// What a path that is not a regular file is, for the error message.
@@ -125,7 +127,18 @@ impl ModelFile {
         let id = file_id(&meta);
         if copy {
             let map = read_huge(&file, meta.len(), &shown)?;
-            return Ok(ModelFile { path, map, id });
+            let warnings = match thp_setting().as_deref() {
+                Some("never") => vec![format!(
+                    "transparent huge pages are off ({THP_ENABLED}: never): --no-mmap copies the model into 4 KiB pages, which decodes no faster than the mapping"
+                )],
+                _ => Vec::new(),
+            };
+            return Ok(ModelFile {
+                path,
+                map,
+                id,
+                warnings,
+            });
         }
         // SAFETY: the map is read-only and lives as long as `ModelFile`; all
         // views into it borrow `self`. Like every mmap-based loader (llama.cpp
@@ -139,7 +152,14 @@ impl ModelFile {
             path,
             map: Backing::Mapped(map),
             id,
+            warnings: Vec::new(),
         })
+    }
+
+    /// Notes for the user about how the file was brought in (e.g. `--no-mmap` without
+    /// transparent huge pages), one line each, without the `warning: ` prefix.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// True when the bytes are a copy in anonymous memory ([`ModelFile::read`]).
@@ -232,4 +252,38 @@ fn read_huge(file: &File, len: u64, shown: &str) -> Result<Backing, ModelError> 
     };
     done.map_err(|e| ModelError::File(format!("cannot read {shown}: {e}")))?;
     Ok(Backing::Read { buf, off, len })
+}
+
+/// Where Linux says whether anonymous memory may get transparent huge pages.
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// The selected transparent-huge-page mode (`always`, `madvise` or `never`), if the
+/// system says.
+fn thp_setting() -> Option<String> {
+    parse_thp_setting(&std::fs::read_to_string(THP_ENABLED).ok()?).map(str::to_string)
+}
+
+/// The bracketed word of a `transparent_hugepage/enabled` line
+/// ("always [madvise] never" -> "madvise").
+fn parse_thp_setting(s: &str) -> Option<&str> {
+    let start = s.find('[')? + 1;
+    let len = s[start..].find(']')?;
+    Some(&s[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_thp_setting;
+
+    #[test]
+    fn thp_setting_is_the_bracketed_word() {
+        assert_eq!(
+            parse_thp_setting("always [madvise] never\n"),
+            Some("madvise")
+        );
+        assert_eq!(parse_thp_setting("[always] madvise never"), Some("always"));
+        assert_eq!(parse_thp_setting("always madvise [never]"), Some("never"));
+        assert_eq!(parse_thp_setting("always madvise never"), None);
+        assert_eq!(parse_thp_setting("[unterminated"), None);
+    }
 }
