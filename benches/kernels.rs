@@ -27,7 +27,6 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use quant_formats::GgmlType;
 use qwen::kernels::{self, ActQ8x4};
 use qwen::matmul::{matmul_with, MatmulScratch, QMatrix};
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -97,13 +96,7 @@ fn read_bandwidth(c: &mut Criterion) {
     g.sample_size(10)
         .throughput(Throughput::Bytes((n * 8) as u64));
     g.bench_function("2_threads", |b| {
-        b.iter(|| {
-            p.install(|| {
-                buf.par_chunks(1 << 16)
-                    .map(kernels::stream_sum)
-                    .reduce(|| 0, u64::wrapping_add)
-            })
-        })
+        b.iter(|| p.install(|| kernels::par_stream_sum(&buf)))
     });
     g.finish();
 }

@@ -449,16 +449,11 @@ fn measure(args: &Args, threads: usize) -> Res<()> {
     Ok(())
 }
 
-/// One timed read of `words` by the pool's threads, in GB/s: chunks of 512 KiB summed
-/// with the kernels' streaming loop, as `cargo bench --bench kernels -- read_bandwidth`.
+/// One timed read of `words` by the pool's threads ([`qwen::kernels::par_stream_sum`]),
+/// in GB/s.
 fn read_gbps(words: &[u64]) -> f64 {
-    use rayon::prelude::*;
     let t0 = Instant::now();
-    let s = words
-        .par_chunks(1 << 16)
-        .map(qwen::kernels::stream_sum)
-        .reduce(|| 0, u64::wrapping_add);
-    std::hint::black_box(s);
+    std::hint::black_box(qwen::kernels::par_stream_sum(words));
     (words.len() * 8) as f64 / t0.elapsed().as_secs_f64().max(1e-9) / 1e9
 }
 

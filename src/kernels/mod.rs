@@ -287,6 +287,15 @@ pub fn stream_sum(v: &[u64]) -> u64 {
     v.iter().fold(0u64, |s, &x| s.wrapping_add(x))
 }
 
+/// [`stream_sum`] of `v` by the current rayon pool's threads, 512 KiB per task: the
+/// read-bandwidth probe of `qwen-bench --read-bw` and `cargo bench -- read_bandwidth`.
+pub fn par_stream_sum(v: &[u64]) -> u64 {
+    use rayon::prelude::*;
+    v.par_chunks(1 << 16)
+        .map(stream_sum)
+        .reduce(|| 0, u64::wrapping_add)
+}
+
 /// The levels this CPU supports, worst first ("scalar" always).
 pub fn available() -> Vec<&'static str> {
     LEVELS
